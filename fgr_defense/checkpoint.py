@@ -1,0 +1,104 @@
+"""Model checkpoints: one self-describing, atomically written file per model.
+
+Format (a plain ``dict`` loadable with ``torch.load(path, weights_only=True)``)::
+
+    {
+        "format": "deform-robust/1",
+        "arch": {"name": "smallcnn", "in_channels": 1, "num_classes": 10, "size": 28},
+        "state_dict": {...},           # model weights
+        "meta": {...},                 # JSON-able: dataset, defense, epoch, metrics, ...
+        # the Trainer adds optimizer/scheduler/RNG state under "trainer" for resuming
+    }
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import build_model
+
+__all__ = ["CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "load_model", "save_model"]
+
+CHECKPOINT_FORMAT = "deform-robust/1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a crash leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(
+    model: nn.Module, path: str | Path, arch: dict[str, Any], meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Save ``model`` with its architecture description so :func:`load_model` can rebuild it.
+
+    Example:
+        >>> import tempfile, os
+        >>> from fgr_defense.models import SmallCNN
+        >>> arch = {"name": "smallcnn", "in_channels": 1, "num_classes": 10, "size": 28}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_model(SmallCNN(), os.path.join(d, "m.pt"), arch, {"defense": "Standard"})
+        ...     model, meta = load_model(os.path.join(d, "m.pt"))
+        >>> type(model).__name__, meta["defense"]
+        ('SmallCNN', 'Standard')
+    """
+    missing = {"name", "in_channels", "num_classes", "size"} - set(arch)
+    if missing:
+        raise ValueError(f"arch: missing keys {sorted(missing)}; got {sorted(arch)}")
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    obj: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "state_dict": state,
+                           "meta": dict(meta or {})}
+    if extra:
+        obj.update(extra)
+    atomic_save(obj, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; clear errors for missing/foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {str(path)!r}")
+    obj = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint: {str(path)!r} is not a deform-robust checkpoint "
+            f"(expected format {CHECKPOINT_FORMAT!r})"
+        )
+    return obj
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns ``(model in eval mode, meta)``."""
+    obj = load_checkpoint(path, map_location)
+    arch = obj["arch"]
+    model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["size"])
+    model.load_state_dict(obj["state_dict"])
+    model.eval()
+    return model, dict(obj.get("meta", {}))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel wrappers."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model

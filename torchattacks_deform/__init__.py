@@ -1,0 +1,45 @@
+"""torchattacks_deform: adversarial deformations (flow attacks) as a torchattacks plugin.
+
+Example:
+    >>> import torch
+    >>> from torchattacks_deform import FlowPGD, warp
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> images, labels = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    >>> adv = FlowPGD(model, eps=1.0, alpha=0.25, steps=3)(images, labels)
+    >>> adv.shape
+    torch.Size([2, 1, 4, 4])
+"""
+
+from .es import FlowES
+from .fgsm import FlowFGSM
+from .flow import (
+    Warp,
+    flow_norm,
+    flow_smoothness_loss,
+    flow_to_normalized,
+    flow_to_pixels,
+    normalized_to_pixels,
+    pixels_to_normalized,
+    project_flow,
+    warp,
+)
+from .pgd import FlowPGD
+from .stadv import StAdv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FlowES",
+    "FlowFGSM",
+    "FlowPGD",
+    "StAdv",
+    "Warp",
+    "flow_norm",
+    "flow_smoothness_loss",
+    "flow_to_normalized",
+    "flow_to_pixels",
+    "normalized_to_pixels",
+    "pixels_to_normalized",
+    "project_flow",
+    "warp",
+]

@@ -1,0 +1,380 @@
+r"""The one flow convention of deform-robust, and the differentiable warp built on it.
+
+Convention:
+    - A flow is a tensor of shape ``(B, 2, H, W)`` in **pixel units**.
+    - Channel 0 is the horizontal displacement (x, along columns, positive = to the right),
+      channel 1 the vertical displacement (y, along rows, positive = downwards).
+    - ``warp(x, flow)[b, c, i, j] = bilinear(x[b, c], row=i + flow[b, 1, i, j],
+      col=j + flow[b, 0, i, j])``: each output pixel *reads* the input at its own
+      location moved by the flow (backward warping, eq. (4) of Xia & Li).
+    - The zero flow is exactly the identity: ``warp(x, zeros) == x`` bit for bit.
+    - Budgets (``eps``) are in pixels. Published budgets in normalized grid units are
+      converted with :func:`normalized_to_pixels` (``align_corners=True``: 1 px = 2/(W-1),
+      as in the authors' FGR code; ``align_corners=False``: 1 px = 2/W, as in PAT and
+      MultiRobustBench's StAdv).
+    - ``flow_norm(flow, "Linf")`` is the largest absolute component of the flow;
+      ``flow_norm(flow, "L2")`` is the Euclidean norm of the whole flow tensor of one
+      example, i.e. :math:`\|v - v_0\|_2` of the paper.
+
+Every function here is differentiable in both the images and the flow, works in float32 and
+float64, and on any device PyTorch's ``grid_sample`` supports.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._compat import create_meshgrid, normalize_pixel_coordinates
+
+__all__ = [
+    "NORMS",
+    "Warp",
+    "check_flow",
+    "flow_norm",
+    "flow_smoothness_loss",
+    "flow_to_normalized",
+    "flow_to_pixels",
+    "normalized_to_pixels",
+    "pixels_to_normalized",
+    "project_flow",
+    "warp",
+]
+
+NORMS = ("Linf", "L2")
+_PADDING_MODES = ("border", "zeros", "reflection")
+_MODES = ("bilinear", "nearest")
+
+Number = Union[float, int]
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+
+
+def check_flow(flow: Tensor, images: Tensor | None = None, name: str = "flow") -> None:
+    """Raise a clear error unless ``flow`` follows the repository's flow convention.
+
+    Args:
+        flow: candidate flow, expected ``(B, 2, H, W)`` floating point.
+        images: if given, the ``(B, C, H, W)`` images the flow will be applied to.
+        name: the argument name to use in error messages.
+
+    Raises:
+        TypeError: ``flow`` is not a floating-point tensor.
+        ValueError: the shape does not match the convention or the images.
+
+    Example:
+        >>> check_flow(torch.zeros(2, 2, 8, 8), torch.rand(2, 3, 8, 8))
+        >>> check_flow(torch.zeros(2, 3, 8, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: flow: expected shape (B, 2, H, W), got (2, 3, 8, 8)
+    """
+    if not isinstance(flow, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(flow).__name__}")
+    if not flow.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {flow.dtype}")
+    if flow.dim() != 4 or flow.shape[1] != 2:
+        raise ValueError(f"{name}: expected shape (B, 2, H, W), got {tuple(flow.shape)}")
+    if images is not None:
+        b, _, h, w = images.shape
+        if flow.shape[0] != b or flow.shape[2:] != images.shape[2:]:
+            raise ValueError(
+                f"{name}: expected shape ({b}, 2, {h}, {w}) to match images "
+                f"{tuple(images.shape)}, got {tuple(flow.shape)}"
+            )
+
+
+def _check_images_layout(images: Tensor, name: str = "images") -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"{name}: expected rank 4 (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[2] < 2 or images.shape[3] < 2:
+        raise ValueError(f"{name}: expected H >= 2 and W >= 2, got shape {tuple(images.shape)}")
+
+
+def warp(
+    images: Tensor, flow: Tensor, padding_mode: str = "border", mode: str = "bilinear"
+) -> Tensor:
+    r"""Warp images by a per-pixel flow in pixel units (eq. (4) of the paper).
+
+    .. math::
+        x'[b, c, i, j] = \mathrm{bilinear}(x[b, c],\; i + v[b, 1, i, j],\; j + v[b, 0, i, j])
+
+    Sampling goes through :func:`torch.nn.functional.grid_sample` with ``align_corners=True``
+    on a grid built by kornia's pixel-grid helpers, so pixel ``k`` sits exactly at
+    normalized coordinate ``2k/(size-1) - 1``.
+
+    Convention:
+        - ``images``: ``(B, C, H, W)``, any range; ``flow``: ``(B, 2, H, W)`` in pixels,
+          channel 0 = x (columns, +right), channel 1 = y (rows, +down).
+        - Zero flow returns the input exactly. ``grid_sample`` alone would return it up to
+          float rounding of the normalized grid (about 1e-7), so where the flow of a pixel is
+          exactly zero the value is replaced by the input value (the gradient is still the
+          one of ``grid_sample``).
+        - At an exactly integer sample position the derivative with respect to the flow is
+          the one-sided slope that ``grid_sample`` picks; it is the piecewise-linear kink the
+          paper's random start (eq. (16)) is designed to step off.
+
+    Args:
+        images: images to warp, shape ``(B, C, H, W)``, floating point.
+        flow: displacement in pixels, shape ``(B, 2, H, W)``, same dtype and device.
+        padding_mode: how samples outside the image are read: ``"border"`` (default, repeat
+            the edge pixel), ``"zeros"`` or ``"reflection"``.
+        mode: ``"bilinear"`` (default, eq. (4)) or ``"nearest"``.
+
+    Returns:
+        The warped images, shape ``(B, C, H, W)``, differentiable in ``images`` and ``flow``.
+
+    Raises:
+        TypeError: non-tensor or non-floating-point input.
+        ValueError: wrong rank or shapes, mismatched flow, unknown mode.
+
+    Note:
+        PyTorch implements no double backward of ``grid_sample`` with respect to the grid,
+        so :math:`\partial^2 x' / \partial v^2` is unavailable. The double backward with
+        respect to the incoming gradient works, which is all that gradient regularizers
+        of model parameters (FGR) need.
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> flow = torch.zeros(1, 2, 4, 4)
+        >>> torch.equal(warp(x, flow), x)
+        True
+        >>> flow[:, 0] = 1.0  # every pixel reads its right-hand neighbour
+        >>> warp(x, flow)[0, 0]
+        tensor([[ 1.,  2.,  3.,  3.],
+                [ 5.,  6.,  7.,  7.],
+                [ 9., 10., 11., 11.],
+                [13., 14., 15., 15.]])
+    """
+    _check_images_layout(images)
+    check_flow(flow, images)
+    if flow.dtype != images.dtype or flow.device != images.device:
+        raise TypeError(
+            f"flow: expected dtype {images.dtype} on {images.device} like images, "
+            f"got {flow.dtype} on {flow.device}"
+        )
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    _, _, h, w = images.shape
+    base = create_meshgrid(h, w, device=images.device, dtype=images.dtype)  # (1, H, W, 2)
+    coords = base + flow.permute(0, 2, 3, 1)
+    grid = normalize_pixel_coordinates(coords, h, w)
+    out = F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # Exact identity at zero flow: grid_sample's unnormalization ((g + 1) / 2 * (W - 1)) can
+    # land 1 ulp off an integer; patch the value (not the gradient) of such pixels.
+    still = (flow == 0).all(dim=1, keepdim=True)
+    return torch.where(still, out + (images - out).detach(), out)
+
+
+class Warp(nn.Module):
+    """Module form of :func:`warp`.
+
+    Args:
+        padding_mode: see :func:`warp`.
+        mode: see :func:`warp`.
+
+    Example:
+        >>> Warp()(torch.rand(2, 3, 5, 5), torch.zeros(2, 2, 5, 5)).shape
+        torch.Size([2, 3, 5, 5])
+    """
+
+    def __init__(self, padding_mode: str = "border", mode: str = "bilinear") -> None:
+        super().__init__()
+        self.padding_mode = padding_mode
+        self.mode = mode
+
+    def forward(self, images: Tensor, flow: Tensor) -> Tensor:
+        return warp(images, flow, padding_mode=self.padding_mode, mode=self.mode)
+
+
+def flow_norm(flow: Tensor, norm: str = "Linf") -> Tensor:
+    r"""Per-example size of a flow, in pixels.
+
+    Convention:
+        ``"Linf"``: :math:`\max_{k,i,j} |v_{k,i,j}|` (largest single component);
+        ``"L2"``: :math:`\sqrt{\sum_{k,i,j} v_{k,i,j}^2}` over the whole example, which is
+        :math:`\|v - v_0\|_2` of the paper.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        norm: ``"Linf"`` or ``"L2"``.
+
+    Returns:
+        Tensor of shape ``(B,)``.
+
+    Example:
+        >>> v = torch.zeros(1, 2, 3, 3)
+        >>> v[0, 0, 0, 0], v[0, 1, 1, 1] = 3.0, -4.0
+        >>> flow_norm(v, "Linf"), flow_norm(v, "L2")
+        (tensor([4.]), tensor([5.]))
+    """
+    check_flow(flow)
+    _check_norm(norm)
+    flat = flow.flatten(1)
+    if norm == "Linf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def project_flow(flow: Tensor, eps: Number | Tensor, norm: str = "Linf") -> Tensor:
+    r"""Project a flow onto the ball ``flow_norm(flow, norm) <= eps`` (out of place).
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        eps: budget in **pixels**, a non-negative number or a ``(B,)`` tensor.
+        norm: ``"Linf"`` (clip every component to ``[-eps, eps]``) or ``"L2"`` (rescale the
+            examples whose L2 norm exceeds ``eps``).
+
+    Returns:
+        The projected flow, same shape; differentiable almost everywhere.
+
+    Raises:
+        ValueError: negative ``eps`` or unknown ``norm``.
+
+    Example:
+        >>> v = torch.full((1, 2, 2, 2), 3.0)
+        >>> project_flow(v, 1.0, "Linf").max().item()
+        1.0
+        >>> round(flow_norm(project_flow(v, 2.0, "L2"), "L2").item(), 4)
+        2.0
+    """
+    check_flow(flow)
+    _check_norm(norm)
+    eps_t = torch.as_tensor(eps, dtype=flow.dtype, device=flow.device)
+    if bool((eps_t < 0).any()) or bool(torch.isnan(eps_t).any()):
+        raise ValueError(f"eps: expected a non-negative budget in pixels, got {eps}")
+    eps_b = eps_t.reshape(-1, 1, 1, 1) if eps_t.dim() == 1 else eps_t
+    if norm == "Linf":
+        return torch.maximum(torch.minimum(flow, eps_b), -eps_b)
+    norms = flow.flatten(1).norm(p=2, dim=1).reshape(-1, 1, 1, 1)
+    factor = torch.clamp(eps_b / norms.clamp_min(torch.finfo(flow.dtype).tiny), max=1.0)
+    return flow * factor
+
+
+def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8) -> Tensor:
+    r"""The stAdv flow smoothness loss of Xiao et al. (2018), per example.
+
+    .. math::
+        \mathcal{L}_{flow}(v) = \sum_{p} \sum_{q \in \mathcal{N}(p)}
+        \sqrt{\|v_x^{(p)} - v_x^{(q)}\|_2^2 + \|v_y^{(p)} - v_y^{(q)}\|_2^2 + \epsilon}
+
+    where :math:`\mathcal{N}(p)` are the 4-connected neighbours of pixel ``p`` inside the
+    image (so every neighbouring pair is counted twice, as in the definition).
+
+    Convention:
+        Flow in pixels; the loss is in pixels. The ``eps`` inside the square root keeps the
+        gradient finite at zero flow; it contributes ``sqrt(eps)`` per neighbour pair.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        eps: small positive constant inside the square root.
+
+    Returns:
+        Tensor ``(B,)``.
+
+    Example:
+        >>> v = torch.zeros(1, 2, 3, 3)
+        >>> flow_smoothness_loss(v, eps=0.0)
+        tensor([0.])
+        >>> v[0, 0, 1, 1] = 1.0  # one pixel moved by 1 px: 4 neighbours, each pair twice
+        >>> flow_smoothness_loss(v, eps=0.0)
+        tensor([8.])
+    """
+    check_flow(flow)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative number, got {eps}")
+    dx = flow[:, :, :, 1:] - flow[:, :, :, :-1]  # horizontal neighbour pairs
+    dy = flow[:, :, 1:, :] - flow[:, :, :-1, :]  # vertical neighbour pairs
+    hx = (dx.pow(2).sum(dim=1) + eps).sqrt().flatten(1).sum(dim=1)
+    hy = (dy.pow(2).sum(dim=1) + eps).sqrt().flatten(1).sum(dim=1)
+    return 2.0 * (hx + hy)
+
+
+def _pixel_size(size: int, align_corners: bool) -> float:
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"size: expected an int >= 2 (pixels along the axis), got {size!r}")
+    return 2.0 / (size - 1) if align_corners else 2.0 / size
+
+
+def pixels_to_normalized(
+    value: Number | Tensor, size: int, align_corners: bool = True
+) -> Number | Tensor:
+    """Convert a displacement or budget along one axis from pixels to normalized grid units.
+
+    Convention:
+        Normalized units span ``[-1, 1]`` across the axis. With ``align_corners=True`` (the
+        authors' FGR code), 1 px = 2/(size-1); with ``align_corners=False`` (PAT,
+        MultiRobustBench's StAdv), 1 px = 2/size.
+
+    Args:
+        value: displacement(s) in pixels.
+        size: number of pixels along the axis (W for x, H for y).
+        align_corners: the convention of the target units.
+
+    Example:
+        >>> pixels_to_normalized(1.0, 32, align_corners=False)
+        0.0625
+        >>> round(pixels_to_normalized(1.0, 32, align_corners=True), 6)
+        0.064516
+    """
+    return value * _pixel_size(size, align_corners)
+
+
+def normalized_to_pixels(
+    value: Number | Tensor, size: int, align_corners: bool = True
+) -> Number | Tensor:
+    """Convert a displacement or budget along one axis from normalized grid units to pixels.
+
+    Inverse of :func:`pixels_to_normalized`; see there for the convention.
+
+    Example:
+        >>> round(normalized_to_pixels(0.01, 32, align_corners=True), 4)  # the paper's sigma
+        0.155
+        >>> normalized_to_pixels(0.05, 32, align_corners=False)  # PAT's StAdv bound
+        0.8
+    """
+    return value / _pixel_size(size, align_corners)
+
+
+def flow_to_normalized(flow: Tensor, align_corners: bool = True) -> Tensor:
+    """Convert a ``(B, 2, H, W)`` pixel flow to normalized grid units, channel by channel.
+
+    Channel 0 (x) is scaled with W, channel 1 (y) with H.
+
+    Example:
+        >>> v = torch.ones(1, 2, 5, 3)
+        >>> flow_to_normalized(v)[0, :, 0, 0]
+        tensor([1.0000, 0.5000])
+    """
+    check_flow(flow)
+    h, w = flow.shape[2], flow.shape[3]
+    scale = flow.new_tensor([_pixel_size(w, align_corners), _pixel_size(h, align_corners)])
+    return flow * scale.reshape(1, 2, 1, 1)
+
+
+def flow_to_pixels(flow: Tensor, align_corners: bool = True) -> Tensor:
+    """Convert a ``(B, 2, H, W)`` flow in normalized grid units to pixels.
+
+    Inverse of :func:`flow_to_normalized`.
+
+    Example:
+        >>> v = torch.ones(1, 2, 5, 3)
+        >>> torch.allclose(flow_to_pixels(flow_to_normalized(v)), v)
+        True
+    """
+    check_flow(flow)
+    h, w = flow.shape[2], flow.shape[3]
+    scale = flow.new_tensor([_pixel_size(w, align_corners), _pixel_size(h, align_corners)])
+    return flow / scale.reshape(1, 2, 1, 1)
