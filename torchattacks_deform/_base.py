@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compat import TorchattacksAttack
 from .flow import NORMS, warp
 
-__all__ = ["FlowAttack", "check_images", "check_labels"]
+__all__ = ["FlowAttack", "check_images", "check_labels", "check_non_negative", "check_norm", "margin_loss"]
 
 # Images coming back from torchattacks' inverse normalization can overshoot [0, 1] by float
 # rounding; accept that much and clamp.
@@ -25,7 +26,7 @@ def check_images(images: Any, name: str = "images") -> None:
         >>> check_images(torch.rand(2, 1, 4, 4) * 2)
         Traceback (most recent call last):
         ...
-        ValueError: images: expected values in [0, 1], got range [...]
+        ValueError: images: expected values in [0, 1], got range [...] (with set_normalization_used, ...)
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
@@ -140,14 +141,20 @@ class FlowAttack(TorchattacksAttack):
         ``images01`` are the ``[0, 1]`` images.
         """
         given_training = self.model.training
+        normalization_applied = self._normalization_applied
         self._change_model_mode(given_training)
         try:
-            if self._normalization_applied is True:
+            if normalization_applied is True:
+                # As torchattacks' __call__ does: attack [0, 1] images, and let get_logits
+                # normalize them for the model.
                 images = self.inverse_normalize(images)
+                self._set_normalization_applied(False)
             images, labels = self._prepare(images, labels)
             return self.find_flow(images, labels).detach()
         finally:
             self.model.train(given_training)
+            if normalization_applied is not None and self._normalization_applied != normalization_applied:
+                self._set_normalization_applied(normalization_applied)
 
     # -- helpers ----------------------------------------------------------------------
     def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -163,3 +170,58 @@ class FlowAttack(TorchattacksAttack):
     def loss_sign(self) -> float:
         """+1 to ascend the loss of the true label, -1 to descend the loss of the target."""
         return -1.0 if self.targeted else 1.0
+
+    def warp(self, images: Tensor, flow: Tensor) -> Tensor:
+        """:func:`warp` with this attack's padding mode (no clamping, differentiable)."""
+        return warp(images, flow, padding_mode=self.padding_mode)
+
+    def is_successful(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Boolean ``(B,)``: misclassified (default mode) or classified as the target (targeted)."""
+        pred = logits.argmax(dim=1)
+        return pred == labels if self.targeted else pred != labels
+
+    def ce_flow_gradient(self, images: Tensor, flow: Tensor, labels: Tensor) -> Tensor:
+        """Gradient w.r.t. ``flow`` of the attack's cross-entropy objective.
+
+        One warp, one forward and one backward of the model, through
+        :func:`torch.autograd.grad` w.r.t. the flow only (parameters' ``.grad`` untouched).
+        The objective is the summed cross-entropy of ``labels`` (ascended in default mode)
+        or minus that of the targets (targeted mode), so ascending it attacks the model.
+        """
+        flow = flow.detach().requires_grad_(True)
+        logits = self.get_logits(self.warp(images, flow))
+        loss = F.cross_entropy(logits, labels, reduction="sum") * self.loss_sign()
+        (grad,) = torch.autograd.grad(loss, flow)
+        return grad
+
+
+def margin_loss(logits: Tensor, labels: Tensor, targeted: bool = False, kappa: float = 0.0) -> Tensor:
+    r"""The Carlini-Wagner margin loss (their :math:`f_6`) per example; an attack minimizes it.
+
+    .. math::
+        \text{default: } \max(Z_y - \max_{j \ne y} Z_j, -\kappa), \qquad
+        \text{targeted: } \max(\max_{j \ne t} Z_j - Z_t, -\kappa)
+
+    It is negative exactly when the attack succeeds (ties aside); ``kappa`` is the confidence
+    beyond which success is no longer rewarded (``float("inf")``: never clamped, as in PAT).
+
+    Args:
+        logits: ``(B, K)`` logits, ``K >= 2``.
+        labels: ``(B,)`` true labels (default) or targets (targeted).
+        targeted: which of the two forms.
+        kappa: non-negative confidence.
+
+    Example:
+        >>> z = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+        >>> margin_loss(z, torch.tensor([0, 1]), kappa=10.0)
+        tensor([ 2., -3.])
+        >>> margin_loss(z, torch.tensor([0, 1]))
+        tensor([2., 0.])
+        >>> margin_loss(z, torch.tensor([2, 2]), targeted=True, kappa=10.0)
+        tensor([ 3., -3.])
+    """
+    picked = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    best_other = others.amax(dim=1)
+    margin = best_other - picked if targeted else picked - best_other
+    return margin.clamp_min(-float(kappa) if kappa else 0.0)  # 0.0, not -0.0

@@ -22,6 +22,7 @@ float64, and on any device PyTorch's ``grid_sample`` supports.
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import torch
@@ -139,10 +140,14 @@ def warp(
         ValueError: wrong rank or shapes, mismatched flow, unknown mode.
 
     Note:
-        PyTorch implements no double backward of ``grid_sample`` with respect to the grid,
-        so :math:`\partial^2 x' / \partial v^2` is unavailable. The double backward with
-        respect to the incoming gradient works, which is all that gradient regularizers
-        of model parameters (FGR) need.
+        The double backward of ``grid_sample`` with respect to the incoming gradient works
+        in every PyTorch version, which is all that gradient regularizers of model
+        parameters (FGR) need. The double backward with respect to the grid (hence
+        :math:`\partial^2 x' / \partial v^2`) raised "derivative for
+        grid_sampler_2d_backward is not implemented" in PyTorch up to at least 2.0
+        (pytorch/pytorch#34704); recent releases implement it (torch 2.14 passes
+        ``gradgradcheck``). ``tests/test_flow.py`` checks which case the installed
+        PyTorch is in, and that it is correct where it works.
 
     Example:
         >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
@@ -263,26 +268,46 @@ def project_flow(flow: Tensor, eps: Number | Tensor, norm: str = "Linf") -> Tens
     return flow * factor
 
 
-def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8) -> Tensor:
+_SMOOTHNESS_PADDINGS = ("none", "replicate")
+
+
+def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8, padding: str = "none") -> Tensor:
     r"""The stAdv flow smoothness loss of Xiao et al. (2018), per example.
 
     .. math::
         \mathcal{L}_{flow}(v) = \sum_{p} \sum_{q \in \mathcal{N}(p)}
         \sqrt{\|v_x^{(p)} - v_x^{(q)}\|_2^2 + \|v_y^{(p)} - v_y^{(q)}\|_2^2 + \epsilon}
 
-    where :math:`\mathcal{N}(p)` are the 4-connected neighbours of pixel ``p`` inside the
-    image (so every neighbouring pair is counted twice, as in the definition).
+    where :math:`\mathcal{N}(p)` are the 4-connected neighbours (left, right, up, down) of
+    pixel ``p``, so every neighbouring pair inside the image is counted twice, as in the
+    definition. ``padding`` says what a neighbour outside the image is:
+
+    - ``"none"`` (default): it does not exist; only pairs inside the image are summed.
+    - ``"replicate"``: it is the pixel itself (replicate padding), so each of the
+      ``2 (H + W)`` missing neighbours adds a zero difference, i.e. a constant
+      ``sqrt(eps)``. This is the ``stAdv_norm`` of mister_ed used by PAT (Laidlaw et al.,
+      2021) and MultiRobustBench, which compute it with ``eps = 1e-10`` on the flow in
+      normalized units (``align_corners=False``); ``StAdv.pat`` reproduces it.
+
+    Both choices have the same gradient and differ by ``2 (H + W) sqrt(eps)``.
 
     Convention:
         Flow in pixels; the loss is in pixels. The ``eps`` inside the square root keeps the
-        gradient finite at zero flow; it contributes ``sqrt(eps)`` per neighbour pair.
+        gradient finite at zero flow; it contributes ``sqrt(eps)`` per neighbour term.
+        Because the loss is positively homogeneous, the loss of ``flow_to_normalized(v)``
+        with ``eps`` equals ``s`` times the loss of ``v`` with ``eps / s**2`` for a square
+        image, where ``s`` is the size of one pixel in normalized units.
 
     Args:
         flow: ``(B, 2, H, W)`` flow in pixels.
-        eps: small positive constant inside the square root.
+        eps: small non-negative constant inside the square root.
+        padding: ``"none"`` or ``"replicate"`` (see above).
 
     Returns:
         Tensor ``(B,)``.
+
+    Raises:
+        ValueError: negative ``eps``, unknown ``padding`` or a flow of the wrong shape.
 
     Example:
         >>> v = torch.zeros(1, 2, 3, 3)
@@ -291,15 +316,23 @@ def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8) -> Tensor:
         >>> v[0, 0, 1, 1] = 1.0  # one pixel moved by 1 px: 4 neighbours, each pair twice
         >>> flow_smoothness_loss(v, eps=0.0)
         tensor([8.])
+        >>> flow_smoothness_loss(torch.zeros(1, 2, 3, 3), eps=1.0, padding="replicate")
+        tensor([36.])
     """
     check_flow(flow)
-    if eps < 0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    if padding not in _SMOOTHNESS_PADDINGS:
+        raise ValueError(f"padding: expected one of {_SMOOTHNESS_PADDINGS}, got {padding!r}")
     dx = flow[:, :, :, 1:] - flow[:, :, :, :-1]  # horizontal neighbour pairs
     dy = flow[:, :, 1:, :] - flow[:, :, :-1, :]  # vertical neighbour pairs
     hx = (dx.pow(2).sum(dim=1) + eps).sqrt().flatten(1).sum(dim=1)
     hy = (dy.pow(2).sum(dim=1) + eps).sqrt().flatten(1).sum(dim=1)
-    return 2.0 * (hx + hy)
+    loss = 2.0 * (hx + hy)
+    if padding == "replicate":
+        h, w = flow.shape[2], flow.shape[3]
+        loss = loss + 2.0 * (h + w) * math.sqrt(eps)
+    return loss
 
 
 def _pixel_size(size: int, align_corners: bool) -> float:

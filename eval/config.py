@@ -1,0 +1,441 @@
+"""Evaluation configs: YAML in, validated frozen dataclasses out, errors that name the key.
+
+Schema (every key except ``models`` and ``attacks`` is optional)::
+
+    name: mnist5k                 # used in reports
+    seed: 0                       # base seed; every cell derives its own from it
+    device: auto                  # auto (CUDA if available) | cpu | cuda | cuda:1
+    data:
+      dataset: mnist5k            # mnist5k | mnist | cifar10 | cifar100
+      root: null                  # torchvision root (not needed for mnist5k)
+      n: 1000                     # first n test examples (null = the whole test split)
+      batch_size: 250
+    models:                       # rows of the report
+      - name: Standard            # unique; shown in tables
+        defense: Standard         # defense family (default: name without a "(...)" suffix,
+                                  # or the checkpoint's meta["defense"])
+        group: SmallCNN           # Table 1 column, e.g. the architecture (default "all")
+        source: checkpoint        # checkpoint | callable | robustbench
+        path: results/train/mnist5k-standard/model.pt     # checkpoint
+      - name: Mine
+        source: callable
+        callable: fgr_defense.models:SmallCNN             # module:attribute returning nn.Module
+        kwargs: {width: 16}
+        weights: path/to/state_dict.pt                    # torch.load(weights_only=True)
+      - name: Carmon2019Unlabeled
+        source: robustbench
+        model_dir: models/
+        dataset: cifar10          # default: data.dataset
+        threat_model: Linf
+    attacks:                      # columns of the report, one table per attack
+      - family: FlowPGD           # FlowFGSM | FlowPGD | StAdv | FlowES (eval.attacks.ATTACK_FAMILIES)
+        name: FlowPGD             # default: family; unique
+        budgets: [0.5, 1.0, 1.5]  # pixels, strictly increasing; budget level i = i-th entry
+        params: {steps: 20, alpha_ratio: 0.25}             # constructor keywords
+    checks: {enabled: true, batch: 64, tolerance: 0.01}  # tolerance: gap treated as noise
+    plots: {enabled: true, samples: 4, grid: 21, attack: null, models: null}
+    report: {reference_defense: AT-PGD, table1_exclude: [Standard]}   # Table 1 settings
+
+Relative paths are relative to the working directory (run from the repository root).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AttackConfig",
+    "ChecksConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "PlotsConfig",
+    "ReportConfig",
+    "default_defense",
+    "load_config",
+    "parse_config",
+]
+
+MODEL_SOURCES = ("checkpoint", "callable", "robustbench", "object")
+_DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
+
+
+class ConfigError(ValueError):
+    """A config value is missing or wrong; the message starts with the offending key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist5k"
+    root: str | None = None
+    n: int | None = None
+    batch_size: int = 250
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model (a row of the report).
+
+    ``source="object"`` is for the Python API only: ``obj`` holds an ``nn.Module``.
+    """
+
+    name: str
+    source: str
+    defense: str
+    group: str = "all"
+    path: str | None = None
+    callable: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    model_dir: str | None = None
+    dataset: str | None = None
+    threat_model: str | None = None
+    key: str = "models[?]"
+    obj: Any = field(default=None, compare=False, repr=False)
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON-able description saved with results (no live objects)."""
+        out: dict[str, Any] = {"name": self.name, "source": self.source, "defense": self.defense,
+                               "group": self.group}
+        for k in ("path", "callable", "weights", "model_dir", "dataset", "threat_model"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        if self.kwargs:
+            out["kwargs"] = dict(self.kwargs)
+        return out
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    name: str
+    family: str
+    budgets: tuple[float, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    key: str = "attacks[?]"
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "budgets": list(self.budgets),
+                "params": dict(self.params)}
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    enabled: bool = True
+    batch: int = 64
+    tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class PlotsConfig:
+    enabled: bool = True
+    samples: int = 4
+    grid: int = 21
+    attack: str | None = None
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    reference_defense: str = "AT-PGD"
+    table1_exclude: tuple[str, ...] = ("Standard",)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    name: str
+    models: tuple[ModelConfig, ...]
+    attacks: tuple[AttackConfig, ...]
+    data: DataConfig = DataConfig()
+    seed: int = 0
+    device: str = "auto"
+    checks: ChecksConfig = ChecksConfig()
+    plots: PlotsConfig = PlotsConfig()
+    report: ReportConfig = ReportConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-able dict that :func:`parse_config` turns back into this config."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "device": self.device,
+            "data": dict(self.data.__dict__),
+            "models": [m.spec() for m in self.models],
+            "attacks": [a.spec() for a in self.attacks],
+            "checks": dict(self.checks.__dict__),
+            "plots": {**self.plots.__dict__,
+                      "models": list(self.plots.models) if self.plots.models is not None else None},
+            "report": {"reference_defense": self.report.reference_defense,
+                       "table1_exclude": list(self.report.table1_exclude)},
+        }
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def attack(self, name: str) -> AttackConfig:
+        for a in self.attacks:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------
+def default_defense(name: str) -> str:
+    """The defense family of a model name: the name without a trailing ``(...)``.
+
+    Example:
+        >>> default_defense("IGR(lam=1000)"), default_defense("FGR+RS"), default_defense("IGR lam=3000")
+        ('IGR', 'FGR+RS', 'IGR lam=3000')
+    """
+    return re.sub(r"\s*\(.*\)\s*$", "", name).strip() or name
+
+
+def _fail(key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{key}: {msg}")
+
+
+def _check_keys(d: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _fail(key, f"expected a mapping, got {type(d).__name__} {d!r}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise _fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                    f"unknown key; expected one of {sorted(allowed)}")
+    return d
+
+
+def _req_int(v: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(key, f"expected an int >= {minimum}, got {v!r}")
+    if v < minimum:
+        raise _fail(key, f"expected an int >= {minimum}, got {v}")
+    return v
+
+
+def _opt_int(v: Any, key: str, minimum: int = 0) -> int | None:
+    return None if v is None else _req_int(v, key, minimum)
+
+
+def _opt_str(v: Any, key: str) -> str | None:
+    if v is None:
+        return None
+    return _req_str(v, key)
+
+
+def _req_str(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise _fail(key, f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(key, f"expected true or false, got {v!r}")
+    return v
+
+
+def _parse_data(d: Any) -> DataConfig:
+    d = _check_keys(d if d is not None else {}, "data", {"dataset", "root", "n", "batch_size"})
+    dataset = d.get("dataset", "mnist5k")
+    if dataset not in _DATASETS:
+        raise _fail("data.dataset", f"expected one of {list(_DATASETS)}, got {dataset!r}")
+    n = _opt_int(d.get("n"), "data.n", 1)
+    bs = _req_int(d.get("batch_size", 250), "data.batch_size", 1)
+    root = _opt_str(d.get("root"), "data.root")
+    return DataConfig(dataset=dataset, root=root, n=n, batch_size=bs)
+
+
+def _parse_model(d: Any, i: int, data: DataConfig, check_files: bool) -> ModelConfig:
+    key = f"models[{i}]"
+    allowed = {"name", "source", "defense", "group", "path", "callable", "kwargs", "weights",
+               "model_dir", "dataset", "threat_model", "obj"}
+    d = _check_keys(d, key, allowed)
+    name = _req_str(d.get("name"), f"{key}.name")
+    key = f"models[{i}] ({name})"
+    source = d.get("source", "checkpoint")
+    if source not in MODEL_SOURCES:
+        raise _fail(f"{key}.source", f"expected one of {list(MODEL_SOURCES)}, got {source!r}")
+    defense = _req_str(d.get("defense", default_defense(name)), f"{key}.defense")
+    group = _req_str(d.get("group", "all"), f"{key}.group")
+    kwargs = d.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise _fail(f"{key}.kwargs", f"expected a mapping of keyword arguments, got {kwargs!r}")
+    path = weights = callable_ = model_dir = rb_dataset = threat = None
+    if source == "checkpoint":
+        path = _req_str(d.get("path"), f"{key}.path")
+        if check_files and not Path(path).is_file():
+            raise _fail(f"{key}.path", f"checkpoint file not found: {path!r} (train it with "
+                        "`python -m fgr_defense train ...` or fix the path)")
+    elif source == "callable":
+        callable_ = _req_str(d.get("callable"), f"{key}.callable")
+        if ":" not in callable_:
+            raise _fail(f"{key}.callable", f"expected 'module:attribute', got {callable_!r}")
+        weights = _opt_str(d.get("weights"), f"{key}.weights")
+        if check_files and weights is not None and not Path(weights).is_file():
+            raise _fail(f"{key}.weights", f"weights file not found: {weights!r}")
+    elif source == "robustbench":
+        model_dir = _req_str(d.get("model_dir", "models"), f"{key}.model_dir")
+        rb_dataset = _req_str(d.get("dataset", data.dataset), f"{key}.dataset")
+        threat = _req_str(d.get("threat_model", "Linf"), f"{key}.threat_model")
+        if rb_dataset != data.dataset:
+            raise _fail(f"{key}.dataset", f"RobustBench dataset {rb_dataset!r} does not match "
+                        f"data.dataset {data.dataset!r}")
+    elif d.get("obj") is None:
+        raise _fail(f"{key}.obj", "source 'object' needs an nn.Module in 'obj' (Python API only)")
+    if source != "checkpoint" and d.get("path") is not None:
+        raise _fail(f"{key}.path", f"only used with source 'checkpoint', not {source!r}")
+    return ModelConfig(
+        name=name, source=source, defense=defense, group=group, path=path, callable=callable_,
+        kwargs=dict(kwargs), weights=weights, model_dir=model_dir, dataset=rb_dataset,
+        threat_model=threat, key=key, obj=d.get("obj"),
+    )
+
+
+def _parse_budgets(v: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(v, (list, tuple)) or not v:
+        raise _fail(key, f"expected a non-empty list of budgets in pixels, got {v!r}")
+    out: list[float] = []
+    for j, b in enumerate(v):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise _fail(f"{key}[{j}]", f"expected a finite number of pixels, got {b!r}")
+        if b < 0:
+            raise _fail(f"{key}[{j}]", f"expected a non-negative budget in pixels, got {b}")
+        if out and b <= out[-1]:
+            raise _fail(f"{key}[{j}]", f"budgets must be strictly increasing, got {b} after {out[-1]}")
+        out.append(float(b))
+    return tuple(out)
+
+
+def _parse_attack(d: Any, i: int) -> AttackConfig:
+    from .attacks import ATTACK_FAMILIES, validate_params
+
+    key = f"attacks[{i}]"
+    d = _check_keys(d, key, {"name", "family", "budgets", "params"})
+    family = d.get("family")
+    if family not in ATTACK_FAMILIES:
+        raise _fail(f"{key}.family", f"unknown attack {family!r}; expected one of {sorted(ATTACK_FAMILIES)}")
+    name = _req_str(d.get("name", family), f"{key}.name")
+    budgets = _parse_budgets(d.get("budgets"), f"{key}.budgets")
+    params = d.get("params") or {}
+    if not isinstance(params, dict):
+        raise _fail(f"{key}.params", f"expected a mapping, got {params!r}")
+    try:
+        validate_params(family, params, f"{key}.params")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return AttackConfig(name=name, family=family, budgets=budgets, params=dict(params), key=key)
+
+
+def parse_config(raw: Any, source: str = "<dict>", check_files: bool = True) -> EvalConfig:
+    """Validate a config mapping (as loaded from YAML) into an :class:`EvalConfig`.
+
+    Raises:
+        ConfigError: a ``ValueError`` whose message names the config file and the key.
+
+    Example:
+        >>> cfg = parse_config({"models": [{"name": "m", "source": "callable",
+        ...                                 "callable": "fgr_defense.models:SmallCNN"}],
+        ...                     "attacks": [{"family": "FlowFGSM", "budgets": [0.5, 1]}]})
+        >>> cfg.attacks[0].budgets, cfg.models[0].defense
+        ((0.5, 1.0), 'm')
+        >>> parse_config({"models": [], "attacks": [{"family": "Nope", "budgets": [1]}]})
+        Traceback (most recent call last):
+        ...
+        eval.config.ConfigError: <dict>: attacks[0].family: unknown attack 'Nope'; expected one of [...]
+    """
+    try:
+        return _parse(raw, check_files)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _parse(raw: Any, check_files: bool) -> EvalConfig:
+    allowed = {"name", "seed", "device", "data", "models", "attacks", "checks", "plots", "report"}
+    raw = _check_keys(raw, "", allowed)
+    data = _parse_data(raw.get("data"))
+    attacks_raw = raw.get("attacks")
+    if not isinstance(attacks_raw, list) or not attacks_raw:
+        raise _fail("attacks", f"expected a non-empty list of attacks, got {attacks_raw!r}")
+    attacks = tuple(_parse_attack(a, i) for i, a in enumerate(attacks_raw))
+    _unique([a.name for a in attacks], "attacks", "name")
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise _fail("models", f"expected a non-empty list of models, got {models_raw!r}")
+    models = tuple(_parse_model(m, i, data, check_files) for i, m in enumerate(models_raw))
+    _unique([m.name for m in models], "models", "name")
+    device = _req_str(raw.get("device", "auto"), "device")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise _fail("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    seed = _req_int(raw.get("seed", 0), "seed", 0)
+    name = _req_str(raw.get("name", "eval"), "name")
+    checks = _check_keys(raw.get("checks") or {}, "checks", {"enabled", "batch", "tolerance"})
+    tol = checks.get("tolerance", 0.01)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+        raise _fail("checks.tolerance", f"expected a fraction in [0, 1), got {tol!r}")
+    checks_cfg = ChecksConfig(
+        enabled=_bool(checks.get("enabled", True), "checks.enabled"),
+        batch=_req_int(checks.get("batch", 64), "checks.batch", 1),
+        tolerance=float(tol),
+    )
+    plots = _check_keys(raw.get("plots") or {}, "plots", {"enabled", "samples", "grid", "attack", "models"})
+    plot_attack = _opt_str(plots.get("attack"), "plots.attack")
+    if plot_attack is not None and plot_attack not in [a.name for a in attacks]:
+        raise _fail("plots.attack", f"expected one of the attack names {[a.name for a in attacks]}, got {plot_attack!r}")
+    plot_models = plots.get("models")
+    if plot_models is not None:
+        if not isinstance(plot_models, list) or any(m not in [x.name for x in models] for m in plot_models):
+            raise _fail("plots.models", f"expected a list of model names from 'models', got {plot_models!r}")
+        plot_models = tuple(plot_models)
+    plots_cfg = PlotsConfig(
+        enabled=_bool(plots.get("enabled", True), "plots.enabled"),
+        samples=_req_int(plots.get("samples", 4), "plots.samples", 1),
+        grid=_req_int(plots.get("grid", 21), "plots.grid", 3),
+        attack=plot_attack,
+        models=plot_models,
+    )
+    report = _check_keys(raw.get("report") or {}, "report", {"reference_defense", "table1_exclude"})
+    ref = _req_str(report.get("reference_defense", "AT-PGD"), "report.reference_defense")
+    exclude = report.get("table1_exclude", ["Standard"])
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+        raise _fail("report.table1_exclude", f"expected a list of defense names, got {exclude!r}")
+    return EvalConfig(
+        name=name, models=models, attacks=attacks, data=data, seed=seed, device=device,
+        checks=checks_cfg, plots=plots_cfg,
+        report=ReportConfig(reference_defense=ref, table1_exclude=tuple(exclude)),
+    )
+
+
+def _unique(names: list[str], key: str, field_name: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise _fail(f"{key}[{i}].{field_name}", f"duplicate {field_name} {n!r}; names must be unique")
+        seen.add(n)
+
+
+def load_config(path: str | Path, check_files: bool = True) -> EvalConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: invalid content (the message names the file and the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no file at {str(path)!r}")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(raw, source=str(path), check_files=check_files)

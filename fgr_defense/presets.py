@@ -1,0 +1,302 @@
+"""The paper's seven defenses and training schedules, built by name.
+
+Defenses (Section "Defenses" of the paper): ``Standard``, ``AT-FGSM``, ``AT-PGD``, ``IGR``,
+``FGR``, ``FGR+RS``, ``FGR+RS+AT-PGD``.
+
+Convention:
+    - The paper's lambdas (IGR: 1000, 3000, 5000, 7000; FGR: 100, 400, 500, 1000) are in the
+      authors' convention (batch-mean loss, sum of squares over the batch, flows in
+      normalized units). They are converted **explicitly** by
+      :func:`~fgr_defense.regularizers.paper_lambda_to_weight` with ``lam_batch_size`` (the
+      batch size the lambda was tuned with, the paper's 256) into this package's per-example
+      ``weight``; pass ``weight=`` to skip the conversion. Both end up in ``Defense.config``.
+    - FGR+RS's sigma is the paper's 0.01 normalized (``align_corners=True``), i.e.
+      ``0.01 * (W - 1) / 2`` pixels (0.135 px on 28x28, 0.155 px on 32x32).
+    - Adversarial training uses L-inf ``eps`` 0.1 (MNIST) / 0.01 (CIFAR) on ``[0, 1]`` pixels;
+      PGD with 7 steps, step size ``alpha = 2.5 * eps / steps`` (Madry et al.'s rule; the
+      paper does not give it) and a random start (torchattacks' default).
+    - Schedules: ``"paper"`` (SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.1, x0.1 every
+      10 epochs for 30 epochs on MNIST; at epochs 40 and 60 of 80 on CIFAR) and ``"fast"``
+      (Adam, lr 1e-3, batch 64, 8 epochs: MNIST-5k + SmallCNN on a CPU in about a minute per
+      defense).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .data import DATASETS, dataset_info
+from .regularizers import (
+    FGR,
+    IGR,
+    VARIANTS,
+    GradientRegularizer,
+    paper_lambda_to_weight,
+    paper_sigma_to_pixels,
+)
+
+__all__ = [
+    "AT_EPS",
+    "DEFAULT_LAMBDA",
+    "DEFENSES",
+    "PAPER_BATCH_SIZE",
+    "PAPER_LAMBDAS",
+    "PAPER_SIGMA_NORMALIZED",
+    "PGD_STEPS",
+    "SCHEDULES",
+    "Defense",
+    "Schedule",
+    "build_defense",
+    "default_out_dir",
+    "get_schedule",
+    "resolve_defense_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The paper's defenses, in its order.
+DEFENSES = ("Standard", "AT-FGSM", "AT-PGD", "IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
+#: The lambdas of the paper's sweeps (authors' convention); FGR+RS (+AT-PGD) use FGR's.
+PAPER_LAMBDAS: dict[str, tuple[float, ...]] = {"IGR": (1000.0, 3000.0, 5000.0, 7000.0),
+                                               "FGR": (100.0, 400.0, 500.0, 1000.0)}
+#: Default lambda when neither ``lam`` nor ``weight`` is given: the smallest of each sweep.
+DEFAULT_LAMBDA: dict[str, float] = {"IGR": 1000.0, "FGR": 100.0}
+#: The paper's batch size, which its lambdas refer to.
+PAPER_BATCH_SIZE = 256
+#: FGR+RS's random-start std, normalized ``align_corners=True`` units.
+PAPER_SIGMA_NORMALIZED = 0.01
+#: L-inf budgets of adversarial training.
+AT_EPS: dict[str, float] = {"mnist": 0.1, "mnist5k": 0.1, "cifar10": 0.01, "cifar100": 0.01}
+#: PGD iterations of adversarial training, and the step-size rule alpha = factor * eps / steps.
+PGD_STEPS = 7
+PGD_ALPHA_FACTOR = 2.5
+#: Training schedules by name.
+SCHEDULES = ("paper", "fast")
+
+
+def resolve_defense_name(name: str) -> str:
+    """The canonical spelling of a defense name (case-insensitive; ``_`` accepted for ``-``).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid names).
+
+    Example:
+        >>> resolve_defense_name("fgr+rs")
+        'FGR+RS'
+        >>> resolve_defense_name("FGR-RS")
+        Traceback (most recent call last):
+        ...
+        ValueError: defense: expected one of ['Standard', 'AT-FGSM', 'AT-PGD', 'IGR', 'FGR', 'FGR+RS', 'FGR+RS+AT-PGD'], got 'FGR-RS'
+    """
+    if isinstance(name, str):
+        key = name.strip().upper().replace("_", "-")
+        for valid in DEFENSES:
+            if valid.upper() == key:
+                return valid
+    raise ValueError(f"defense: expected one of {list(DEFENSES)}, got {name!r}")
+
+
+@dataclass
+class Defense:
+    """A built defense: pass ``regularizer`` and ``adversary`` to :class:`~fgr_defense.trainer.Trainer`.
+
+    Attributes:
+        name: canonical defense name (one of :data:`DEFENSES`).
+        regularizer: an ``IGR``/``FGR`` instance or None.
+        adversary: a ``torchattacks`` attack on the model, or None.
+        config: JSON-able settings (``lam``, ``lam_batch_size``, ``weight``, ``sigma_px``,
+            ``variant``, ``eps``, ``steps``, ``alpha``, ``dataset``), stored in checkpoints.
+    """
+
+    name: str
+    regularizer: GradientRegularizer | None
+    adversary: Any | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """``{"regularizer": ..., "adversary": ...}`` for ``Trainer(model, opt, **kwargs)``."""
+        return {"regularizer": self.regularizer, "adversary": self.adversary}
+
+
+def _check_dataset(dataset: str) -> dict[str, int]:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
+    return dataset_info(dataset)
+
+
+def build_defense(
+    name: str,
+    model: nn.Module,
+    dataset: str = "mnist5k",
+    *,
+    lam: float | None = None,
+    weight: float | None = None,
+    lam_batch_size: int = PAPER_BATCH_SIZE,
+    sigma: float | None = None,
+    variant: str = "paper",
+    eps: float | None = None,
+) -> Defense:
+    """Build one of the paper's defenses for ``model`` with the paper's hyperparameters.
+
+    Args:
+        name: one of :data:`DEFENSES` (case-insensitive).
+        model: the model being trained (the adversary attacks it; pass the bare module).
+        dataset: ``"mnist5k"``, ``"mnist"``, ``"cifar10"`` or ``"cifar100"`` (eps, image size).
+        lam: the paper's lambda (authors' convention), converted to ``weight``; default
+            :data:`DEFAULT_LAMBDA`. Only for IGR and the FGR family.
+        weight: this package's per-example weight, used as is (instead of ``lam``).
+        lam_batch_size: the batch size ``lam`` refers to (the paper's 256).
+        sigma: FGR+RS random-start std in **pixels**; default the paper's 0.01 normalized.
+        variant: ``"paper"`` (eq. (16)) or ``"authors"`` (their code); FGR family only.
+        eps: L-inf budget of adversarial training; default :data:`AT_EPS` of the dataset.
+
+    Returns:
+        :class:`Defense`.
+
+    Raises:
+        ValueError: unknown name or dataset, both ``lam`` and ``weight``, a parameter the
+            defense does not take, negative values.
+
+    Example:
+        >>> from fgr_defense.models import SmallCNN
+        >>> d = build_defense("FGR+RS", SmallCNN(), "mnist5k", lam=100)
+        >>> d.regularizer
+        FGR(weight=71.19140625, sigma=0.135, q=2.0, variant='paper', padding_mode='border')
+        >>> build_defense("AT-PGD", SmallCNN(), "cifar10").config["eps"]
+        0.01
+    """
+    canonical = resolve_defense_name(name)
+    info = _check_dataset(dataset)
+    size = info["size"]
+    uses_reg = canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
+    uses_at = canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD")
+    uses_rs = canonical in ("FGR+RS", "FGR+RS+AT-PGD")
+    config: dict[str, Any] = {"defense": canonical, "dataset": dataset}
+    if not uses_reg and (lam is not None or weight is not None):
+        raise ValueError(f"lam/weight: defense {canonical!r} has no regularizer; got lam={lam!r}, weight={weight!r}")
+    if not uses_rs and sigma is not None:
+        raise ValueError(f"sigma: defense {canonical!r} has no random start; use 'FGR+RS' (got sigma={sigma!r})")
+    if not uses_at and eps is not None:
+        raise ValueError(f"eps: defense {canonical!r} has no adversarial training; got eps={eps!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    if variant != "paper" and not (uses_reg and canonical != "IGR"):
+        raise ValueError(f"variant: only the FGR defenses have variants; got {variant!r} for {canonical!r}")
+
+    regularizer: GradientRegularizer | None = None
+    if uses_reg:
+        kind = "input" if canonical == "IGR" else "flow"
+        family = "IGR" if canonical == "IGR" else "FGR"
+        if lam is not None and weight is not None:
+            raise ValueError(f"lam, weight: give one of them (lam is converted to weight), got lam={lam!r}, weight={weight!r}")
+        if weight is None:
+            lam = DEFAULT_LAMBDA[family] if lam is None else lam
+            weight = paper_lambda_to_weight(lam, lam_batch_size, size, kind=kind)
+            config.update({"lam": float(lam), "lam_batch_size": lam_batch_size})
+            logger.info("%s: paper lambda %g (batch %d, %dx%d) -> per-example weight %.6g",
+                        canonical, lam, lam_batch_size, size, size, weight)
+        if canonical == "IGR":
+            regularizer = IGR(weight)
+        else:
+            sigma_px = 0.0
+            if uses_rs:
+                sigma_px = paper_sigma_to_pixels(PAPER_SIGMA_NORMALIZED, size) if sigma is None else sigma
+            regularizer = FGR(weight, sigma=sigma_px, variant=variant)
+            config.update({"sigma_px": regularizer.sigma, "variant": variant})
+        config["weight"] = regularizer.weight
+
+    adversary: Any | None = None
+    if uses_at:
+        import torchattacks
+
+        eps = AT_EPS[dataset] if eps is None else eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps: expected a non-negative L-inf budget, got {eps!r}")
+        config["eps"] = float(eps)
+        if canonical == "AT-FGSM":
+            adversary = torchattacks.FGSM(model, eps=float(eps))
+        else:
+            alpha = PGD_ALPHA_FACTOR * float(eps) / PGD_STEPS
+            adversary = torchattacks.PGD(model, eps=float(eps), alpha=alpha, steps=PGD_STEPS, random_start=True)
+            config.update({"steps": PGD_STEPS, "alpha": alpha})
+    return Defense(canonical, regularizer, adversary, config)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer and learning-rate schedule of a training preset.
+
+    Example:
+        >>> s = get_schedule("paper", "cifar10")
+        >>> s.epochs, s.milestones, s.batch_size
+        (80, (40, 60), 256)
+    """
+
+    name: str
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    def build(self, params: Iterable[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
+        """``(optimizer, MultiStepLR scheduler)`` over ``params``."""
+        opt: torch.optim.Optimizer
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        elif self.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.milestones), gamma=self.gamma)
+        return opt, sched
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+def get_schedule(preset: str, dataset: str) -> Schedule:
+    """The training schedule ``preset`` (``"paper"`` or ``"fast"``) for ``dataset``.
+
+    Raises:
+        ValueError: unknown preset or dataset.
+
+    Example:
+        >>> get_schedule("paper", "mnist")
+        Schedule(name='paper', optimizer='sgd', lr=0.1, batch_size=256, epochs=30, momentum=0.9, weight_decay=0.0005, milestones=(10, 20), gamma=0.1)
+    """
+    _check_dataset(dataset)
+    if preset == "paper":
+        if dataset.startswith("cifar"):
+            return Schedule("paper", "sgd", 0.1, 256, 80, 0.9, 5e-4, (40, 60), 0.1)
+        return Schedule("paper", "sgd", 0.1, 256, 30, 0.9, 5e-4, (10, 20), 0.1)
+    if preset == "fast":
+        return Schedule("fast", "adam", 1e-3, 64, 8, 0.0, 0.0, (6,), 0.1)
+    raise ValueError(f"preset: expected one of {list(SCHEDULES)}, got {preset!r}")
+
+
+def default_out_dir(
+    dataset: str, model: str, defense: str, lam: float | None = None, root: str | Path = "results/train"
+) -> Path:
+    """``<root>/<dataset>-<model>-<defense slug>[-lam<lam>]``, the layout of the eval configs.
+
+    Example:
+        >>> default_out_dir("mnist5k", "smallcnn", "FGR+RS+AT-PGD").as_posix()
+        'results/train/mnist5k-smallcnn-fgr-rs-at-pgd'
+        >>> default_out_dir("mnist5k", "smallcnn", "IGR", lam=1000).as_posix()
+        'results/train/mnist5k-smallcnn-igr-lam1000'
+    """
+    slug = resolve_defense_name(defense).lower().replace("+", "-")
+    suffix = f"-lam{lam:g}" if lam is not None else ""
+    return Path(root) / f"{dataset}-{model}-{slug}{suffix}"
