@@ -26,6 +26,7 @@ def train_smallcnn(epochs: int = 2, seed: int = 0, width: int = 16) -> nn.Module
             opt.zero_grad()
             loss.backward()
             opt.step()
+    model.zero_grad(set_to_none=True)
     model.eval()
     return model
 
