@@ -105,7 +105,8 @@ def train_from_args(args: argparse.Namespace) -> Path:
     for name in ("epochs", "batch_size", "limit", "checkpoint_every"):
         _check_positive(getattr(args, name), "--" + name.replace("_", "-"))
     info = dataset_info(args.dataset)
-    out = Path(args.out) if args.out else default_out_dir(args.dataset, args.model, defense_name, args.lam)
+    out = Path(args.out) if args.out else default_out_dir(args.dataset, args.model, defense_name, args.lam,
+                                                          weight=args.weight)
     ckpt = out / "model.pt"
     config = _config_of(args, defense_name)
     if args.resume:

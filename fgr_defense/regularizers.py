@@ -58,12 +58,15 @@ Convention:
       augmentation of the task loss too, and the gradient is evaluated at the grid points
       of ``z`` (zero flow) rather than at the shifted sample points of ``x``.
 
-    **Cost.** The gradient w.r.t. ``n`` is obtained by the chain rule: one forward on the
-    (detached) modified images ``x' = tau(x, n)``, their input gradient with
-    ``create_graph=True``, then the vector-Jacobian product of ``tau`` (closed form for the
-    additive transforms, autograd through ``warp`` for flows; its double backward w.r.t.
-    the incoming gradient is cheap). So FGR costs one IGR step plus one ``grid_sample``
-    backward, and never needs ``grid_sample``'s unavailable double backward w.r.t. the grid.
+    **Cost.** The gradient w.r.t. ``n`` is obtained by the chain rule,
+    :math:`\nabla_n L = (\partial \tau / \partial n)^\top \nabla_{x'} L`: one forward on
+    the (detached) modified images ``x' = tau(x, n)``, their input gradient with
+    ``create_graph=True``, then the pullback of ``tau`` (:meth:`Transform.linearize`:
+    closed form for the additive transforms; for flows the per-pixel Jacobian ``J`` of the
+    warp, computed together with ``x'`` by one ``grid_sample`` forward/backward, so that
+    ``grad_v = sum_c grad_x'[c] * J[c]`` is elementwise in ``grad_x'``). FGR therefore costs
+    one IGR step plus one ``grid_sample`` forward/backward, and never needs
+    ``grid_sample``'s double backward w.r.t. the grid (which PyTorch does not implement).
 """
 
 from __future__ import annotations
@@ -327,12 +330,10 @@ def gradient_penalty(
         zero = task.new_zeros(())
         return RegularizerOutput(zero, zero, task, output)
 
-    if point is n0:  # tau(x, n0) == x by the contract of Transform.identity: no warp needed
-        x_mod = base.detach().requires_grad_(True)
-    else:
-        with torch.no_grad():
-            x_mod = transform.apply(base, point)
-        x_mod.requires_grad_(True)
+    x_mod, pullback = transform.linearize(base, point)
+    if point is n0:  # tau(x, n0) == x by the contract of Transform.identity: use x itself
+        x_mod = base
+    x_mod = x_mod.detach().requires_grad_(True)
     clean_out: Tensor | None = None
     with torch.enable_grad():
         if not shared:
@@ -340,7 +341,7 @@ def gradient_penalty(
         mod_out = model(x_mod)
         losses = loss_fn(mod_out, y)
         (grad_x,) = torch.autograd.grad(losses.sum(), x_mod, create_graph=True)
-        grad_n = transform.vjp(base, point, grad_x)
+        grad_n = pullback(grad_x)
         raw = gradient_norm_sq(grad_n, q).mean()
         if shared:
             task, output = losses.mean(), mod_out

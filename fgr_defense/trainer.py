@@ -395,8 +395,12 @@ class Trainer:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs: expected a non-negative int (total epochs), got {epochs!r}")
         self._target_epochs = epochs
-        if self.ctx is not None and isinstance(train_loader, DataLoader):
-            train_loader = distributed_loader(train_loader, self.ctx, seed=self.seed)
+        if self.ctx is not None:
+            if isinstance(train_loader, DataLoader):
+                train_loader = distributed_loader(train_loader, self.ctx, seed=self.seed)
+            else:
+                warnings.warn("train_loader is not a torch DataLoader: it is not sharded, every process "
+                              "trains on all of its batches", stacklevel=2)
         if self.epoch >= epochs:
             logger.info("already trained %d of %d epochs; nothing to do", self.epoch, epochs)
             return self.history

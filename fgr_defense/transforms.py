@@ -30,7 +30,7 @@ Convention:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -97,6 +97,16 @@ class Transform:
             out = self.apply(x.detach(), n_)
             (grad,) = torch.autograd.grad(out, n_, grad_outputs=grad_output, create_graph=True)
         return grad
+
+    def linearize(self, x: Tensor, n: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r"""``(tau(x, n)`` detached, ``g -> vjp(x, n, g))``: the modified batch and its pullback.
+
+        The regularizers call this once per step; subclasses may share work between the two
+        (:class:`Flow` gets both from one ``grid_sample`` forward and backward).
+        """
+        with torch.no_grad():
+            out = self.apply(x, n)
+        return out, lambda grad_output: self.vjp(x, n, grad_output)
 
     def random_start(self, n0: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
         """``r = sigma * N(0, 1)`` with the shape, dtype and device of ``n0``.
@@ -267,20 +277,25 @@ class Flow(Transform):
     def apply(self, x: Tensor, n: Tensor) -> Tensor:
         return warp(x, n, padding_mode=self.padding_mode)
 
-    def jacobian(self, x: Tensor, n: Tensor) -> Tensor:
-        r"""Per-channel derivative of the warp w.r.t. the flow, ``(B, C, 2, H, W)``, no graph.
+    def warp_and_jacobian(self, x: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``warp(x, v)`` and its per-channel derivative w.r.t. the flow, both without graph.
 
-        ``J[b, c, k, i, j] = d warp(x, v)[b, c, i, j] / d v[b, k, i, j]`` (a warped pixel
-        depends only on its own flow vector). Computed by one backward of the shared
-        :func:`~torchattacks_deform.flow.warp` on the channels as separate images, so the
-        one-sided slopes at integer sample points are exactly the ones ``grid_sample`` picks.
+        ``J[b, c, k, i, j] = d warp(x, v)[b, c, i, j] / d v[b, k, i, j]``, shape
+        ``(B, C, 2, H, W)`` (a warped pixel depends only on its own flow vector). One forward
+        and one backward of the shared :func:`~torchattacks_deform.flow.warp` on the channels
+        as separate images, so the values are those of ``warp(x, v)`` and the one-sided slopes
+        at integer sample points are exactly the ones ``grid_sample`` picks.
         """
         b, c, h, w = x.shape
         with torch.enable_grad():
             flow = n.detach().repeat_interleave(c, dim=0).requires_grad_(True)
             out = warp(x.detach().reshape(b * c, 1, h, w), flow, padding_mode=self.padding_mode)
             (jac,) = torch.autograd.grad(out, flow, grad_outputs=torch.ones_like(out))
-        return jac.reshape(b, c, 2, h, w)
+        return out.detach().reshape(b, c, h, w), jac.reshape(b, c, 2, h, w)
+
+    def jacobian(self, x: Tensor, n: Tensor) -> Tensor:
+        """The ``J`` of :meth:`warp_and_jacobian`."""
+        return self.warp_and_jacobian(x, n)[1]
 
     def vjp(self, x: Tensor, n: Tensor, grad_output: Tensor) -> Tensor:
         """``sum_c g[:, c] * J[:, c]``: the chain rule through the warp, elementwise in ``g``.
@@ -290,6 +305,11 @@ class Flow(Transform):
         cheaper).
         """
         return (grad_output.unsqueeze(2) * self.jacobian(x, n)).sum(dim=1)
+
+    def linearize(self, x: Tensor, n: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The warped batch and the pullback ``g -> sum_c g[:, c] * J[:, c]`` from one warp pass."""
+        out, jac = self.warp_and_jacobian(x, n)
+        return out, lambda grad_output: (grad_output.unsqueeze(2) * jac).sum(dim=1)
 
     def __repr__(self) -> str:
         return f"Flow(padding_mode={self.padding_mode!r})"

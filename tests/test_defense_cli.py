@@ -81,6 +81,7 @@ class TestPresets:
         assert (c.epochs, c.milestones) == (80, (40, 60))
         opt, sched = c.build(SmallCNN().parameters())
         for _ in range(40):
+            opt.step()
             sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
         with pytest.raises(ValueError, match="preset"):

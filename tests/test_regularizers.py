@@ -152,6 +152,16 @@ class TestUnifiedForm:
         ref = Transform.vjp(transform, x, n, g)  # the generic autograd path
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
 
+    @pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+    def test_flow_linearize_is_warp_and_its_pullback(self, padding_mode: str) -> None:
+        x, _ = tiny_batch(c=3)
+        v = 0.7 * torch.randn(5, 2, 6, 6, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+        g = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(3))
+        t = Flow(padding_mode)
+        out, pullback = t.linearize(x, v)
+        assert torch.equal(out, warp(x, v, padding_mode=padding_mode))  # one warp pass serves both
+        torch.testing.assert_close(pullback(g), Transform.vjp(t, x, v, g), rtol=1e-10, atol=1e-12)
+
     def test_unified_matches_direct_gradient_for_each_transform(self) -> None:
         model = tiny_model()
         x, y = tiny_batch()

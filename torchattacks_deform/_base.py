@@ -106,6 +106,50 @@ class FlowAttack(TorchattacksAttack):
         super().__init__(name, model)
         self.supported_mode = ["default", "targeted"]
         self.padding_mode = padding_mode
+        self.autocast_dtype: torch.dtype | None = None
+        self.channels_last = False
+
+    def set_precision(self, autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
+        """Run the model in mixed precision and/or channels-last memory format (both off by default).
+
+        Args:
+            autocast_dtype: ``torch.bfloat16`` or ``torch.float16`` runs every model call of the
+                attack under ``torch.autocast`` of the images' device type; None (default)
+                runs it in the images' dtype.
+            channels_last: pass the images to the model in ``torch.channels_last`` memory
+                format (convert the model itself with ``model.to(memory_format=...)`` for
+                the full benefit on CUDA).
+
+        Convention:
+            Only the model runs in reduced precision: the flow, the warp, the losses, the
+            projection and the returned images stay in the images' dtype, and the logits are
+            cast back to it before any loss.
+
+        Example:
+            >>> from torchattacks_deform import FlowFGSM
+            >>> atk = FlowFGSM(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)))
+            >>> atk.set_precision(torch.bfloat16)
+            >>> atk(torch.rand(2, 1, 4, 4), torch.tensor([0, 1])).dtype
+            torch.float32
+        """
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"autocast_dtype: expected None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}"
+            )
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+
+    def get_logits(self, inputs: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        """torchattacks' ``get_logits`` with the precision settings of :meth:`set_precision`."""
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            return super().get_logits(inputs, labels, *args, **kwargs)  # type: ignore[no-any-return]
+        with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype):
+            logits = super().get_logits(inputs, labels, *args, **kwargs)
+        return logits.to(inputs.dtype)  # type: ignore[no-any-return]
 
     # -- subclasses -------------------------------------------------------------------
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
