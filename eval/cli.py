@@ -1,4 +1,4 @@
-"""Command line: ``python -m eval {run,zoo,report,demo}`` (run from the repository root)."""
+"""Command line: ``python -m eval {run,zoo,report,demo,reproduce,bench}`` (run from the repository root)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -42,12 +43,50 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render report.md, CSVs and budget plots from results.json")
     rep.add_argument("--out", required=True)
 
-    demo = sub.add_parser("demo", help="train a Standard SmallCNN on MNIST-5k and attack it (CPU, ~1 min)")
-    demo.add_argument("--out", default="results/demo")
-    demo.add_argument("--n", type=int, default=500, help="test examples")
-    demo.add_argument("--epochs", type=int, default=3)
+    demo = sub.add_parser("demo", help="the paper's comparison on MNIST-5k: train 7 defenses (3 seeds), "
+                          "attack them, report (CPU, < 15 min; cached and resumable)")
+    demo.add_argument("--out", default="results/demo", help="output folder (checkpoints cached in OUT/cache)")
+    demo.add_argument("--preset", default="mnist5k", help="mnist5k (make demo) or tiny (tests, seconds)")
+    demo.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the preset's)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    demo.add_argument("--n", type=int, default=None, help="test examples (default: the preset's)")
     demo.add_argument("--device", default="auto")
+
+    rep5 = sub.add_parser("reproduce", help="the paper's full setting for one dataset/architecture (GPU)")
+    rep5.add_argument("--preset", required=True, help="cifar10-vgg11, cifar10-resnet18, cifar100-vgg11, "
+                      "cifar100-resnet18, mnist-vgg11 or mnist-resnet18")
+    rep5.add_argument("--data-root", default="data", help="local torchvision root holding the dataset")
+    rep5.add_argument("--out", default=None, help="output folder (default results/reproduce/<preset>)")
+    rep5.add_argument("--seeds", default=None, help="comma-separated training seeds (default: 0)")
+    rep5.add_argument("--device", default="auto")
+    rep5.add_argument("--dry-run", action="store_true", help="print the plan and the lambda conversions; exit")
+    rep5.add_argument("--epochs", type=int, default=None, help="override the epochs (LR milestones scaled)")
+    rep5.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    rep5.add_argument("--n", type=int, default=None, help="evaluate on the first N test images only")
+    rep5.add_argument("--only", default=None, help="comma-separated model names, e.g. 'Standard,FGR+RS(lam=300)'")
+    rep5.add_argument("--max-attack-steps", type=int, default=None, help="cap attack steps / ES population")
+    rep5.add_argument("--dataset-override", default=None,
+                      help="run the preset on other data, e.g. mnist5k (smoke tests; NOT the paper setting)")
+    rep5.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 8 on CUDA, else 0)")
+
+    bench = sub.add_parser("bench", help="speed and memory ratios of the attacks and training steps "
+                           "(results/bench; CPU < 5 min)")
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return p
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,8 +114,16 @@ def _override(cfg: EvalConfig, args: argparse.Namespace) -> EvalConfig:
     return cfg
 
 
+def argv_is_default(args: argparse.Namespace) -> bool:
+    """True when ``demo`` runs with every option at its default (as ``make demo`` does)."""
+    return (args.out, args.preset, args.seeds, args.epochs, args.n, args.device) == (
+        "results/demo", "mnist5k", None, None, None, "auto")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .runner import StaleResultsError
@@ -125,10 +172,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'report.md'}")
         return 0
     if args.command == "demo":
-        from .demo import format_summary, run_demo
+        from .demo import format_headline, run_demo
 
-        results = run_demo(out=args.out, n=args.n, epochs=args.epochs, device=args.device)
-        print(format_summary(results))
+        command = "make demo  (= python -m eval demo)" if argv_is_default(args) else \
+            "python -m eval " + shlex.join(args.argv)
+        results = run_demo(out=args.out, preset=args.preset, seeds=_seeds(args.seeds), epochs=args.epochs,
+                           n=args.n, device=args.device, command=command)
+        print(format_headline(results))
         print(f"\nfull report: {Path(args.out) / 'report.md'}")
+        return 0
+    if args.command == "reproduce":
+        from .demo import format_headline
+        from .reproduce import run_reproduce
+
+        only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+        out = run_reproduce(args.preset, out=args.out, device=args.device, dry_run=args.dry_run,
+                            command="python -m eval " + shlex.join(args.argv), data_root=args.data_root,
+                            seeds=_seeds(args.seeds), epochs=args.epochs, limit=args.limit, n=args.n,
+                            only=only, max_attack_steps=args.max_attack_steps,
+                            dataset_override=args.dataset_override, workers=args.workers)
+        if isinstance(out, str):
+            print(out)
+            return 0
+        print(format_headline(out))
+        print(f"\nfull report: {Path(args.out or Path('results') / 'reproduce' / args.preset) / 'report.md'}")
+        return 0
+    if args.command == "bench":
+        from .bench import command_line, config_from_args, format_markdown, run_bench
+
+        results = run_bench(config_from_args(args, command_line(["python", "-m", "eval"], getattr(args, "argv", None))))
+        print(format_markdown(results))
         return 0
     raise AssertionError(args.command)  # pragma: no cover - argparse restricts choices

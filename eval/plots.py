@@ -33,7 +33,8 @@ from torchattacks_deform.flow import warp
 
 from .attacks import ATTACK_FAMILIES, build_attack
 
-__all__ = ["budget_plots", "flow_to_rgb", "model_plots", "save_figure"]
+__all__ = ["budget_plots", "flow_to_rgb", "headline_plot", "matching_plot", "model_plots", "save_figure",
+           "tradeoff_plot"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +248,104 @@ def _samples(model: nn.Module, cfg: Any, x: Tensor, y: Tensor, name: str, out: P
     fig.suptitle(f"{name}: clean, adversarial (prediction) and flow", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out / f"samples_{_slug(name)}.png")
+
+
+def headline_plot(headline: dict[str, Any], results: dict[str, Any], path: Path) -> str:
+    """Robust accuracy of the matched instances vs budget, mean +/- std over seeds (one panel per attack)."""
+    attacks = [a for a in results["config"]["attacks"]
+               if any(c["attack"] == a["name"] for c in headline["cells"])]
+    fig = Figure(figsize=(4.2 * max(len(attacks), 1), 3.8))
+    clean = {c["family"]: c for c in headline["clean"]}
+    for ai, a in enumerate(attacks):
+        ax = fig.add_subplot(1, max(len(attacks), 1), ai + 1)
+        for fam in headline["families"]:
+            cells = sorted((c for c in headline["cells"] if c["attack"] == a["name"] and c["family"] == fam),
+                           key=lambda c: c["budget"])
+            xs = [0.0] + [c["budget"] for c in cells]
+            ys = [100 * clean[fam]["mean"]] + [100 * c["mean"] for c in cells]
+            es = [100 * (clean[fam]["std"] or 0.0)] + [100 * (c["std"] or 0.0) for c in cells]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=fam)
+        ax.set_xlabel(f"budget (px, {a['family']})")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(a["name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    n = len(headline["seeds"])
+    fig.suptitle(f"Matched instances, mean ± std over {n} seed(s)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def tradeoff_plot(results: dict[str, Any], headline: dict[str, Any], families: Any, path: Path) -> str:
+    """Robust vs clean accuracy of every instance (one seed), per attack at its middle budget (Fig. 6 style)."""
+    attacks = [a for a in results["config"]["attacks"] if a["budgets"]]
+    fig = Figure(figsize=(4.2 * max(len(attacks), 1), 3.8))
+    cells = {(c["model"], c["attack"], c["budget"]): c["robust_acc"] for c in results["cells"]}
+    matched = {r["model"] for r in headline["selection"] if r["seed"] == headline["main_seed"]}
+    target = headline["target"]["clean_acc"] if headline.get("target") else None
+    for ai, a in enumerate(attacks):
+        budget = a["budgets"][len(a["budgets"]) // 2]
+        ax = fig.add_subplot(1, max(len(attacks), 1), ai + 1)
+        defenses = list(dict.fromkeys(m["defense"] for m in results["models"]))
+        for d in defenses:
+            ms = sorted((m for m in results["models"] if m["defense"] == d
+                         and (m["name"], a["name"], budget) in cells), key=lambda m: m["clean_acc"])
+            if not ms:
+                continue
+            xs = [100 * m["clean_acc"] for m in ms]
+            ys = [100 * cells[(m["name"], a["name"], budget)] for m in ms]
+            style = "-o" if d in families else "s"
+            ax.plot(xs, ys, style, label=d, markersize=5)
+            for m, x, y in zip(ms, xs, ys):
+                if m["name"] in matched:
+                    ax.plot([x], [y], "o", markersize=11, markerfacecolor="none", markeredgecolor="black")
+        if target is not None:
+            ax.axvline(100 * target, color="gray", linestyle="--", linewidth=1)
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(f"{a['name']} @ {budget:g} px", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Every instance of the main seed; circles: matched instances; dashed: matching target",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def matching_plot(pools: dict[str, Any], headline: dict[str, Any], strength: dict[str, float], xlabel: str,
+                  path: Path) -> str:
+    """Clean accuracy of every instance of the compared families vs its weight, one line per seed.
+
+    ``pools`` maps a seed (str) to its ``[{"name", "defense", "clean_acc"}, ...]``;
+    ``strength`` maps a model name to its regularizer weight (the x axis, log scale).
+    Circles mark the matched instances, the dashed line the matching target.
+    """
+    fams = headline["families"]
+    fig = Figure(figsize=(4.0 * max(len(fams), 1), 3.6))
+    matched = {(str(r["seed"]), r["model"]) for r in headline["selection"]}
+    target = headline["target"]["clean_acc"] if headline.get("target") else None
+    for fi, fam in enumerate(fams):
+        ax = fig.add_subplot(1, max(len(fams), 1), fi + 1)
+        for seed, pool in pools.items():
+            ms = sorted((m for m in pool if m["defense"] == fam and m["name"] in strength),
+                        key=lambda m: strength[m["name"]])
+            xs = [strength[m["name"]] for m in ms]
+            ys = [100 * m["clean_acc"] for m in ms]
+            ax.plot(xs, ys, "-o", markersize=4, label=f"seed {seed}")
+            for m, x, y in zip(ms, xs, ys):
+                if (seed, m["name"]) in matched:
+                    ax.plot([x], [y], "o", markersize=11, markerfacecolor="none", markeredgecolor="black")
+        if target is not None:
+            ax.axhline(100 * target, color="gray", linestyle="--", linewidth=1,
+                       label=f"target ({headline['target']['model']})")
+        if any(v > 0 for v in strength.values()):
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("clean accuracy (%)")
+        ax.set_title(fam)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Matching on clean accuracy: circles are the matched instances", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -289,12 +289,19 @@ def _short(v: Any) -> str:
 
 # -- the work -----------------------------------------------------------------------------
 class QueryCounter(nn.Module):
-    """Wraps a model and counts the examples it is asked to classify (forward passes)."""
+    """Wraps a model and counts the examples it is asked to classify (forward passes).
+
+    The wrapper takes the wrapped model's train/eval mode: attacks save and restore the mode
+    of the module they are given, and a fresh module is in train mode, which would otherwise
+    leave the model in train mode after the attack (batch norm then normalizes the
+    adversarial batch with its own statistics and updates its running averages).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.count = 0
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         self.count += int(x.shape[0])
