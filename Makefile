@@ -18,7 +18,7 @@ demo: install
 	$(PY) -m eval demo
 
 lint: install
-	$(PY) -m ruff check $(PKGS) tests
+	$(PY) -m ruff check $(PKGS) tests docs benchmarks
 
 typecheck: install
 	$(PY) -m mypy $(PKGS)

@@ -711,6 +711,7 @@ def shrink_png(path: Path, colors: int = 256) -> None:
     os.close(fd)
     try:
         small.save(tmp, format="PNG", optimize=True)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -47,6 +47,7 @@ def save_figure(fig: Figure, path: Path) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -50,6 +50,7 @@ Convention:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -143,6 +144,13 @@ class Trainer:
         meta: JSON-able dict stored in checkpoints and the log (dataset, defense, ...).
         scheduler_interval: ``"epoch"`` (default) or ``"step"``.
         distributed: None = auto (torchrun/initialized process group), False = never.
+        autocast_dtype: ``torch.bfloat16`` runs the training forward passes (task loss and
+            penalty, including its double backprop) under ``torch.autocast`` of the device;
+            None (default) trains in the model's dtype. bf16 needs no gradient scaling, so
+            float16 is not offered. The adversary keeps its own precision (flow attacks:
+            ``atk.set_precision(...)``).
+        channels_last: convert the model and every batch to ``torch.channels_last`` memory
+            format (faster convolutions on recent CUDA GPUs; same values).
 
     Raises:
         TypeError, ValueError: invalid arguments (the message names the argument).
@@ -176,6 +184,8 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         scheduler_interval: str = "epoch",
         distributed: bool | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -195,6 +205,10 @@ class Trainer:
             raise ValueError(f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        if autocast_dtype not in (None, torch.bfloat16):
+            raise ValueError(f"autocast_dtype: expected None or torch.bfloat16, got {autocast_dtype!r}")
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
         if checkpoint_every is not None and out_dir is None:
             warnings.warn("checkpoint_every is set but out_dir is None: no checkpoints will be written",
                           stacklevel=2)
@@ -206,7 +220,11 @@ class Trainer:
             self.device = torch.device(device)
         else:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
         self.module = model.to(self.device)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.module
         if self.ctx is not None:
             from torch.nn.parallel import DistributedDataParallel
@@ -296,16 +314,23 @@ class Trainer:
         reg = self.regularizer
         output: Tensor | None = None
         task: Tensor | None = None
-        if reg is None:
-            reg_loss: Tensor | None = None
-        elif hasattr(reg, "compute") and getattr(reg, "computes_task_loss", False):
-            res = reg.compute(self.model, inputs, y, self._loss)
-            reg_loss, task, output = res.penalty, res.task_loss, res.output
-        else:
-            reg_loss = reg(self.model, inputs, y)
-        if task is None or output is None:
-            output = self.model(inputs)
-            task = self._loss(output, y).mean()
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            if reg is None:
+                reg_loss: Tensor | None = None
+            elif hasattr(reg, "compute") and getattr(reg, "computes_task_loss", False):
+                res = reg.compute(self.model, inputs, y, self._loss)
+                reg_loss, task, output = res.penalty, res.task_loss, res.output
+            else:
+                reg_loss = reg(self.model, inputs, y)
+            if task is None or output is None:
+                output = self.model(inputs)
+                task = self._loss(output, y).mean()
+        if self.autocast_dtype is not None:  # report and step in float32, whatever autocast chose
+            output, task = output.float(), task.float()
+            if reg_loss is not None:
+                reg_loss = reg_loss.float()
         if reg_loss is None:
             reg_loss = task.new_zeros(())
         if not isinstance(reg_loss, Tensor) or reg_loss.numel() != 1:
@@ -323,6 +348,11 @@ class Trainer:
         self.global_step += 1
         return {"loss": loss.detach(), "task_loss": task.detach(), "reg_loss": reg_loss.detach(),
                 "output": output.detach()}
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _check_finite(self, loss: Tensor, task: Tensor, reg: Tensor, output: Tensor, y: Tensor) -> None:
         n = float(y.shape[0])

@@ -330,3 +330,39 @@ class TestCheckpointResume:
         model.train()
         res = trainer.evaluate(DataLoader(data, batch_size=32))
         assert model.training and res["n"] == 96 and 0 <= res["acc"] <= 1
+
+
+class TestPrecision:
+    """``autocast_dtype=torch.bfloat16`` and ``channels_last`` (meant for CUDA; checked on CPU)."""
+
+    def _step(self, data: TensorDataset, **kwargs: Any) -> dict[str, torch.Tensor]:
+        model = small_model(0)
+        x, y = data.tensors[0][:32], data.tensors[1][:32]
+        return make_trainer(model, regularizer=FGR(5.0, sigma=0.135), **kwargs).train_step(x, y)
+
+    def test_channels_last_gives_the_same_step(self, data: TensorDataset) -> None:
+        ref = self._step(data)
+        out = self._step(data, channels_last=True)
+        for key in ("loss", "task_loss", "reg_loss"):
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-6)
+
+    def test_bf16_step_is_float32_and_close(self, data: TensorDataset) -> None:
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ok = nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16
+        except (RuntimeError, TypeError):
+            ok = False
+        if not ok:
+            pytest.skip("CPU bf16 autocast is not supported by this PyTorch build")
+        ref = self._step(data)
+        out = self._step(data, autocast_dtype=torch.bfloat16)
+        assert all(out[k].dtype == torch.float32 for k in ("loss", "task_loss", "reg_loss", "output"))
+        # bf16 keeps 8 mantissa bits; the task loss moves by < 2%, the penalty (double backprop) by < 10%.
+        torch.testing.assert_close(out["task_loss"], ref["task_loss"], rtol=2e-2, atol=0)
+        torch.testing.assert_close(out["reg_loss"], ref["reg_loss"], rtol=1e-1, atol=0)
+
+    def test_bad_precision_arguments(self) -> None:
+        with pytest.raises(ValueError, match="autocast_dtype"):
+            make_trainer(small_model(), autocast_dtype=torch.float16)
+        with pytest.raises(TypeError, match="channels_last"):
+            make_trainer(small_model(), channels_last="yes")
