@@ -248,12 +248,16 @@ class RegularizerOutput:
         task_loss: mean task loss of the forward pass the regularizer made (clean ``x`` for
             ``variant="paper"``, ``z`` for ``"authors"``), or None when it made none.
         output: the logits of that forward pass, or None.
+        backpropagated: True when the ``backward`` callback of :func:`gradient_penalty` was
+            called on both terms (their gradients are already accumulated; every tensor of
+            the result is then detached).
     """
 
     penalty: Tensor
     raw_penalty: Tensor
     task_loss: Optional[Tensor] = None
     output: Optional[Tensor] = None
+    backpropagated: bool = False
 
 
 def gradient_penalty(
@@ -268,6 +272,8 @@ def gradient_penalty(
     loss_fn: LossFn | None = None,
     generator: torch.Generator | None = None,
     with_penalty: bool = True,
+    backward: Callable[[Tensor], None] | None = None,
+    backward_weight: float = 1.0,
 ) -> RegularizerOutput:
     r"""The unweighted eq. (18) penalty, the task loss and the logits, in as few passes as possible.
 
@@ -293,6 +299,14 @@ def gradient_penalty(
         loss_fn: per-example loss ``(logits, y) -> (B,)``; default cross-entropy.
         generator: random generator for the random start.
         with_penalty: False skips the gradient (``R = 0``; the task loss is still computed).
+        backward: optional ``loss -> None`` (e.g. ``Tensor.backward``). When the task loss
+            needs a *separate* clean forward pass (``variant="paper"`` with ``sigma > 0``),
+            it is called on ``backward_weight * R`` as soon as ``R`` is computed and then on
+            the task loss, so that the penalty's double-backprop graph is freed before the
+            clean pass builds its graph: the peak memory is that of the larger pass, not of
+            both. Same values and gradients (summed in another order). Ignored (never called)
+            when the task loss shares the penalty's forward.
+        backward_weight: the factor of ``R`` passed to ``backward`` (the regularizer's weight).
 
     Returns:
         :class:`RegularizerOutput` with ``task_loss`` and ``output`` always set.
@@ -334,20 +348,23 @@ def gradient_penalty(
     if point is n0:  # tau(x, n0) == x by the contract of Transform.identity: use x itself
         x_mod = base
     x_mod = x_mod.detach().requires_grad_(True)
-    clean_out: Tensor | None = None
     with torch.enable_grad():
-        if not shared:
-            clean_out = model(x)
+        # The penalty's pass first, then (eq. 16) the separate clean pass for the task loss.
         mod_out = model(x_mod)
         losses = loss_fn(mod_out, y)
         (grad_x,) = torch.autograd.grad(losses.sum(), x_mod, create_graph=True)
         grad_n = pullback(grad_x)
         raw = gradient_norm_sq(grad_n, q).mean()
         if shared:
-            task, output = losses.mean(), mod_out
-        else:
-            assert clean_out is not None
-            task, output = loss_fn(clean_out, y).mean(), clean_out
+            return RegularizerOutput(raw, raw, losses.mean(), mod_out)
+        if backward is not None:  # free the penalty's double-backprop graph before the clean pass
+            backward(raw * backward_weight)
+            raw, mod_out = raw.detach(), mod_out.detach()
+        output = model(x)
+        task = loss_fn(output, y).mean()
+        if backward is not None:
+            backward(task)
+            return RegularizerOutput(raw, raw, task.detach(), output.detach(), backpropagated=True)
     return RegularizerOutput(raw, raw, task, output)
 
 
@@ -406,15 +423,17 @@ class GradientRegularizer:
         self.variant = variant
         self.generator = generator
 
-    def compute(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | None = None) -> RegularizerOutput:
+    def compute(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | None = None,
+                backward: Callable[[Tensor], None] | None = None) -> RegularizerOutput:
         """Weighted penalty, raw penalty, task loss and logits (see :func:`gradient_penalty`).
 
         A zero weight skips the gradient computation (penalty 0, same task loss).
+        ``backward``: see :func:`gradient_penalty` (the trainer's memory saving).
         """
         out = gradient_penalty(
             model, x, y, self.transform, sigma=self.sigma, q=self.q, variant=self.variant,
             loss_fn=loss_fn, generator=self.generator,
-            with_penalty=self.weight > 0,
+            with_penalty=self.weight > 0, backward=backward, backward_weight=self.weight,
         )
         out.penalty = out.raw_penalty * self.weight
         return out

@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, save_model
 from .distributed import DistContext, all_reduce_sum, distributed_loader, init_distributed
-from .regularizers import LossFn, check_logits, per_example_cross_entropy
+from .regularizers import GradientRegularizer, LossFn, check_logits, per_example_cross_entropy
 
 __all__ = ["LOG_FORMAT", "NonFiniteLossError", "Trainer"]
 
@@ -151,6 +151,13 @@ class Trainer:
             ``atk.set_precision(...)``).
         channels_last: convert the model and every batch to ``torch.channels_last`` memory
             format (faster convolutions on recent CUDA GPUs; same values).
+        split_backward: for regularizers whose task loss needs its own clean forward pass
+            (``FGR``/``GradientRegularizer`` with ``sigma > 0`` and ``variant="paper"``, eq.
+            (16)), backpropagate the penalty before the clean forward pass, so that the two
+            graphs never coexist: peak memory about that of an IGR step instead of IGR plus a
+            standard step. Same values, gradients equal up to the summation order (float
+            rounding). Not used under ``torch.distributed`` (DDP reduces gradients once per
+            backward).
 
     Raises:
         TypeError, ValueError: invalid arguments (the message names the argument).
@@ -186,6 +193,7 @@ class Trainer:
         distributed: bool | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        split_backward: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -222,6 +230,7 @@ class Trainer:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
+        self.split_backward = bool(split_backward)
         self.module = model.to(self.device)
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -314,14 +323,18 @@ class Trainer:
         reg = self.regularizer
         output: Tensor | None = None
         task: Tensor | None = None
+        done = False  # every gradient is already accumulated (split_backward)
         if self.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             if reg is None:
                 reg_loss: Tensor | None = None
             elif hasattr(reg, "compute") and getattr(reg, "computes_task_loss", False):
-                res = reg.compute(self.model, inputs, y, self._loss)
+                split = {"backward": self._early_backward} if (
+                    self.split_backward and self.ctx is None and isinstance(reg, GradientRegularizer)) else {}
+                res = reg.compute(self.model, inputs, y, self._loss, **split)
                 reg_loss, task, output = res.penalty, res.task_loss, res.output
+                done = bool(getattr(res, "backpropagated", False))
             else:
                 reg_loss = reg(self.model, inputs, y)
             if task is None or output is None:
@@ -339,7 +352,8 @@ class Trainer:
         reg_loss = reg_loss.reshape(())
         loss = task + reg_loss
         self._check_finite(loss, task, reg_loss, output, y)
-        loss.backward()
+        if not done:
+            loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -348,6 +362,10 @@ class Trainer:
         self.global_step += 1
         return {"loss": loss.detach(), "task_loss": task.detach(), "reg_loss": reg_loss.detach(),
                 "output": output.detach()}
+
+    def _early_backward(self, term: Tensor) -> None:
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            term.float().backward()
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:

@@ -366,3 +366,42 @@ class TestPrecision:
             make_trainer(small_model(), autocast_dtype=torch.float16)
         with pytest.raises(TypeError, match="channels_last"):
             make_trainer(small_model(), channels_last="yes")
+
+
+class TestSplitBackward:
+    """FGR+RS (eq. 16) backpropagates its clean task loss first: same step, less memory."""
+
+    def _trainer(self, split: bool, width: int = 4) -> tuple[nn.Module, Trainer]:
+        torch.manual_seed(0)
+        model = SmallCNN(width=width)
+        reg = FGR(5.0, sigma=0.135, generator=torch.Generator().manual_seed(1))
+        return model, make_trainer(model, regularizer=reg, split_backward=split)
+
+    def test_same_step_as_one_backward(self, data: TensorDataset) -> None:
+        x, y = data.tensors[0][:32], data.tensors[1][:32]
+        (m1, t1), (m2, t2) = self._trainer(True), self._trainer(False)
+        o1, o2 = t1.train_step(x, y), t2.train_step(x, y)
+        for key in ("loss", "task_loss", "reg_loss", "output"):
+            torch.testing.assert_close(o1[key], o2[key], rtol=0, atol=0)  # the forward values are identical
+        assert not o1["loss"].requires_grad
+        for p1, p2 in zip(m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-7)  # gradients summed in another order
+
+    def test_peak_memory_is_lower(self) -> None:
+        """VGG-11 (batch 16, CPU allocator): measured 61.5 MB split, 74.9 MB not split, IGR 60.4 MB."""
+        from eval.bench import peak_memory
+        from fgr_defense import vgg11
+
+        x, y = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+        peaks = {}
+        for label, reg, split in [("IGR", IGR(1.0), True), ("split", FGR(5.0, sigma=0.135), True),
+                                  ("joint", FGR(5.0, sigma=0.135), False)]:
+            torch.manual_seed(0)
+            model = vgg11(num_classes=10, in_channels=3)
+            trainer = make_trainer(model, regularizer=reg, split_backward=split,
+                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
+            peaks[label] = peak_memory(lambda: trainer.train_step(x, y), "cpu")  # noqa: B023
+        if None in peaks.values():
+            pytest.skip("CPU allocator records unavailable in this torch build")
+        assert peaks["split"] < 0.9 * peaks["joint"], peaks
+        assert peaks["split"] <= 1.3 * peaks["IGR"], peaks  # the issue's target for FGR+RS vs IGR
