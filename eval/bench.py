@@ -883,7 +883,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         "# Benchmark: cost of the flow attacks and the regularized training steps", "",
         f"- command: `{results['command']}`",
-        f"- git revision: `{rev}` (`+dirty`: uncommitted changes), code fingerprint "
+        f"- git revision: `{rev}` (a `+dirty` suffix would mean uncommitted changes), code fingerprint "
         f"`{results.get('code_fingerprint')}` (`eval.demo.code_fingerprint`)",
         f"- machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} with {m['torch_threads']} thread(s), "
         f"device `{m['device']}`" + (f" ({m['gpu']})" if m.get("gpu") else ""),
@@ -898,7 +898,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     if targets:
         lines += ["## Targets", ""]
         lines += _table(["target", "model", "value", "limit", "status"], (
-            (t["target"], t["model"], _fmt(t["value"], ".2f") + "x", f"<= {t['limit']:.2f}x",
+            (t["target"], t["model"], _fmt(t["value"], ".3f") + "x", f"<= {t['limit']:.2f}x",
              "-" if t["met"] is None else ("met" if t["met"] else "**missed**")) for t in targets))
     rows = results.get("rows", [])
     by = {s: [r for r in rows if r["section"] == s] for s in SECTIONS}

@@ -700,22 +700,13 @@ def shrink_png(path: Path, colors: int = 256) -> None:
 
     The committed report's figures must stay small; plots lose nothing visible.
     """
-    import os
-    import tempfile
-
     from PIL import Image
+
+    from fgr_defense.checkpoint import atomic_write
 
     with Image.open(path) as im:
         small = im.convert("RGB").quantize(colors)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        small.save(tmp, format="PNG", optimize=True)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: small.save(fh, format="PNG", optimize=True))
 
 
 def _remove_stale_figures(out: Path, keep: Sequence[str]) -> None:

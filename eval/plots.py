@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from fgr_defense.checkpoint import atomic_write
 from torchattacks_deform.flow import warp
 
 from .attacks import ATTACK_FAMILIES, build_attack
@@ -42,16 +41,7 @@ logger = logging.getLogger(__name__)
 def save_figure(fig: Figure, path: Path) -> str:
     """Render ``fig`` with the Agg canvas into ``path`` atomically; returns the path."""
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=100, format="png"))
     return str(path)
 
 

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from fgr_defense.checkpoint import atomic_write_text
 from torchattacks_deform.flow import flow_norm, warp
 
 from .attacks import ATTACK_FAMILIES, attack_cost, budget_norm, build_attack
@@ -193,24 +193,6 @@ _VOLATILE = ("time_s", "device", "rank", "finished_at")
 
 def _numbers(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if k not in _VOLATILE}
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and ``os.replace`` it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def resolve_device(spec: str) -> torch.device:

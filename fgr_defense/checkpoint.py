@@ -16,37 +16,56 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
 
 from .models import build_model
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "load_model", "save_model"]
+__all__ = ["CHECKPOINT_FORMAT", "atomic_save", "atomic_write", "atomic_write_text", "load_checkpoint", "load_model",
+           "save_model"]
 
 CHECKPOINT_FORMAT = "deform-robust/1"
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(fh)`` on a temporary file in the same folder, then rename it over ``path``.
 
     A reader never sees a half-written file, and a crash leaves the previous file intact.
+    The one atomic-write mechanism of the repository (checkpoints, logs, results, figures).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> atomic_write(p, lambda fh: fh.write(b"hi"))
+        >>> p.read_bytes(), oct(p.stat().st_mode & 0o777)
+        (b'hi', '0o644')
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary readable files
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_model(

@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -67,7 +66,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_model
+from .checkpoint import atomic_write_text, load_checkpoint, save_model
 from .distributed import DistContext, all_reduce_sum, distributed_loader, init_distributed
 from .regularizers import GradientRegularizer, LossFn, check_logits, per_example_cross_entropy
 
@@ -102,22 +101,6 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     raise TypeError(
         f"batch: expected (images, labels) from the DataLoader, got {type(batch).__name__}"
     )
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Trainer:
@@ -640,4 +623,4 @@ class Trainer:
         if self.out_dir is None or not self.is_main:
             return
         log = {"format": LOG_FORMAT, "meta": self._checkpoint_meta(), "epochs": self.history}
-        _atomic_write_text(json.dumps(log, indent=2, default=str) + "\n", self.out_dir / "log.json")
+        atomic_write_text(self.out_dir / "log.json", json.dumps(log, indent=2, default=str) + "\n")
