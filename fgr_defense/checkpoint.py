@@ -59,12 +59,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "log" / "a.json"
+        >>> atomic_write_text(p, '{"epoch": 1}')
+        >>> p.read_text()
+        '{"epoch": 1}'
+    """
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (:func:`atomic_write`)."""
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`atomic_write`).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "x.pt"
+        >>> atomic_save({"w": torch.ones(2)}, p)
+        >>> torch.load(p, weights_only=True)["w"]
+        tensor([1., 1.])
+    """
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
