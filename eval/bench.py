@@ -66,6 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .report import md_table
+
 __all__ = [
     "FORMAT",
     "SECTIONS",
@@ -867,10 +869,8 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _table(header: Sequence[str], lines: Iterator[Sequence[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
-    return out + [""]
+def _md_lines(header: Sequence[str], rows: Iterator[Sequence[str]]) -> list[str]:
+    return [md_table(header, rows), ""]
 
 
 def format_markdown(results: Mapping[str, Any]) -> str:
@@ -897,32 +897,32 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     targets = results.get("targets", [])
     if targets:
         lines += ["## Targets", ""]
-        lines += _table(["target", "model", "value", "limit", "status"], (
+        lines += _md_lines(["target", "model", "value", "limit", "status"], (
             (t["target"], t["model"], _fmt(t["value"], ".3f") + "x", f"<= {t['limit']:.2f}x",
              "-" if t["met"] is None else ("met" if t["met"] else "**missed**")) for t in targets))
     rows = results.get("rows", [])
     by = {s: [r for r in rows if r["section"] == s] for s in SECTIONS}
     if by["attacks"]:
         lines += ["## Attacks (per step for PGD, per attack for FGSM)", ""]
-        lines += _table(["model", "batch", "candidate", "reference", "ratio", "min-max", "candidate ms", "reference ms"], (
+        lines += _md_lines(["model", "batch", "candidate", "reference", "ratio", "min-max", "candidate ms", "reference ms"], (
             (r["model"], str(r["batch"]), r["row"], r["reference"], _fmt_ratio(r["ratio"]),
              f"{r['ratio']['min']:.2f}-{r['ratio']['max']:.2f}", _fmt(r["candidate_ms"]), _fmt(r["reference_ms"]))
             for r in by["attacks"]))
     if by["stadv"]:
         lines += [f"## StAdv: time to fool {STADV_RATE:.0%} of correctly classified images", ""]
-        lines += _table(["model", "images", "steps (StAdv)", "steps (plain)", "time ratio", "StAdv ms", "plain ms", "note"], (
+        lines += _md_lines(["model", "images", "steps (StAdv)", "steps (plain)", "time ratio", "StAdv ms", "plain ms", "note"], (
             (r["model"], str(r["batch"]), _fmt(r["steps_lib"], "d"), _fmt(r["steps_ref"], "d"), _fmt_ratio(r["ratio"]),
              _fmt(r["candidate_ms"]), _fmt(r["reference_ms"]), r.get("note") or "") for r in by["stadv"]))
     if by["es"]:
         lines += ["## FlowES (batched populations)", ""]
-        lines += _table(["model", "images", "population", "success", "queries / success", "images/s",
+        lines += _md_lines(["model", "images", "population", "success", "queries / success", "images/s",
                          "forwards", "time vs plain forwards"], (
             (r["model"], str(r["batch"]), str(r["population"]), f"{100 * r['success']:.0f}%",
              _fmt(r["queries_per_success"]), f"{r['images_per_s']:.0f}", str(r["forwards"]), _fmt_ratio(r["ratio"]))
             for r in by["es"]))
     if by["train"]:
         lines += ["## Training steps (Trainer.train_step)", ""]
-        lines += _table(["model", "batch", "defense", "time / Standard", "time / IGR", "ms", "peak MB", "memory / IGR"], (
+        lines += _md_lines(["model", "batch", "defense", "time / Standard", "time / IGR", "ms", "peak MB", "memory / IGR"], (
             (r["model"], str(r["batch"]), r["row"], _fmt_ratio(r["ratio"]), _fmt_ratio(r.get("ratio_to_igr")),
              _fmt(r["candidate_ms"]), _fmt(r.get("peak_memory_mb")), _fmt(r.get("memory_to_igr"), ".2f"))
             for r in by["train"]))

@@ -58,7 +58,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .config import EvalConfig, parse_config
-from .report import CSV_FIELDS, pct, render_report, representatives, write_csv
+from .report import CSV_FIELDS, md_table, pct, render_report, representatives, write_csv
 from .runner import atomic_write_text
 
 __all__ = [
@@ -785,7 +785,7 @@ def _headline_section(res: dict[str, Any]) -> list[str]:
             row.append(f"**{r['model']}** {pct(r['clean_acc'])} ({cands})")
         rows.append(row)
     rows.append(["mean ± std"] + [_pm(c["mean"], c["std"]) for c in hl["clean"]])
-    parts += [_md_table(["seed"] + [f"{f} (candidates)" for f in fams], rows), ""]
+    parts += [md_table(["seed"] + [f"{f} (candidates)" for f in fams], rows), ""]
     parts += ["Robust accuracy (%) of the matched instances, mean ± std over seeds; gains in points "
               "(mean ± std over seeds of the per-seed difference, and the number of seeds where it is positive):", ""]
     cell = {(c["attack"], c["budget"], c["family"]): c for c in hl["cells"]}
@@ -802,14 +802,8 @@ def _headline_section(res: dict[str, Any]) -> list[str]:
                 g = gain[(a["name"], b, pr)]
                 row.append(_pm(g["mean"], g["std"], scale=1.0, sign=True) + f" ({g['seeds_positive']}/{len(seeds)})")
             rows.append(row)
-    parts += [_md_table(["attack", "budget (px)"] + fams + pairs, rows), ""]
+    parts += [md_table(["attack", "budget (px)"] + fams + pairs, rows), ""]
     return parts
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _training_section(res: dict[str, Any]) -> list[str]:
@@ -851,7 +845,7 @@ def _training_section(res: dict[str, Any]) -> list[str]:
             + ")" for a in p["attacks"]) + ".",
         "",
         "Training (seconds of wall time for this model; cached = trained by an earlier run):", "",
-        _md_table(["seed", "model", "defense", "weight", "paper lambda", "other", "train s", "train acc %"], rows), "",
+        md_table(["seed", "model", "defense", "weight", "paper lambda", "other", "train s", "train acc %"], rows), "",
     ]
     return lines
 
@@ -876,7 +870,7 @@ def _table1_section(res: dict[str, Any]) -> list[str]:
             f"Cells won out of {n} (attack × budget; ties count for every tied defense), representatives matched "
             f"to {t1['reference']}'s clean accuracy as in the paper; the paper's counts are over its own cells "
             "(Fig. 6; per dataset two architectures).", "",
-            _md_table(["defense", "ours", f"paper ({key})", "paper (total)"], rows), ""]
+            md_table(["defense", "ours", f"paper ({key})", "paper (total)"], rows), ""]
 
 
 def _anchor_section(res: dict[str, Any]) -> list[str]:
@@ -888,7 +882,7 @@ def _anchor_section(res: dict[str, Any]) -> list[str]:
         table.append([r["label"], r["model"], f"{r['clean']:.2f}", f"{r['adv']:.2f}",
                       pct(r["our_clean"]) if r["our_clean"] is not None else "n/a",
                       pct(r["our_adv"]) if r["our_adv"] is not None else "n/a"])
-    out += [_md_table(["defense", "our model", "published clean %", "published adv. %", "our clean %",
+    out += [md_table(["defense", "our model", "published clean %", "published adv. %", "our clean %",
                        "our adv. %"], table), ""]
     return out
 

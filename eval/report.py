@@ -19,11 +19,11 @@ import io
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from .runner import atomic_write_text
 
-__all__ = ["CSV_FIELDS", "render_report", "representatives", "table1", "write_csv", "write_outputs"]
+__all__ = ["CSV_FIELDS", "md_table", "render_report", "representatives", "table1", "write_csv", "write_outputs"]
 
 CSV_FIELDS = [
     "model", "defense", "group", "attack", "family", "attack_kind", "budget_index", "budget",
@@ -125,7 +125,15 @@ def table1(results: dict[str, Any], reference: str | None = None,
             "cells": won, "notes": notes, "excluded": sorted(skip)}
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline).
+
+    Example:
+        >>> print(md_table(["a", "b"], [["1", "2"]]))
+        | a | b |
+        |---|---|
+        | 1 | 2 |
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -150,7 +158,7 @@ def render_report(results: dict[str, Any], plot_files: Sequence[str] = ()) -> st
         "",
         "## Models",
         "",
-        _md_table(["model", "defense", "group", "source", "architecture", "clean acc"],
+        md_table(["model", "defense", "group", "source", "architecture", "clean acc"],
                   [[m["name"], m["defense"], m["group"], m["source"], str(m.get("architecture")),
                     pct(m["clean_acc"])] for m in models]),
     ]
@@ -172,10 +180,10 @@ def render_report(results: dict[str, Any], plot_files: Sequence[str] = ()) -> st
             cost_rows.append(row)
         parts += [
             "", f"## {a['name']} ({a['family']}; {kind}; {params})", "",
-            "Robust accuracy (%):", "", _md_table(header, rows), "",
+            "Robust accuracy (%):", "", md_table(header, rows), "",
             "Mean flow norm Linf (px) / L2 (px) over attacked examples / queries per attacked "
             "example / attack time (s):", "",
-            _md_table(["model"] + [f"{b:g} px" for b in a["budgets"]], cost_rows),
+            md_table(["model"] + [f"{b:g} px" for b in a["budgets"]], cost_rows),
         ]
     levels = sorted({w["level"] for w in results["worst_case"]})
     legend = []
@@ -186,7 +194,7 @@ def render_report(results: dict[str, Any], plot_files: Sequence[str] = ()) -> st
     parts += [
         "", "## Worst case over the suite", "",
         f"Rule: {results['worst_case_rule']}.", "", *legend, "",
-        _md_table(["model", "clean"] + [f"level {lvl}" for lvl in levels],
+        md_table(["model", "clean"] + [f"level {lvl}" for lvl in levels],
                   [[m["name"], pct(m["clean_acc"])] + [pct(worst[(m["name"], lvl)]["robust_acc"]) for lvl in levels]
                    for m in models]),
     ]
@@ -202,9 +210,9 @@ def render_report(results: dict[str, Any], plot_files: Sequence[str] = ()) -> st
     ]
     if t1["counts"]:
         parts += [
-            _md_table(["defense"] + groups + ["TOTAL"],
+            md_table(["defense"] + groups + ["TOTAL"],
                       [[d] + [str(c[g]) for g in groups] + [str(c["TOTAL"])] for d, c in t1["counts"].items()]),
-            "", "Representatives:", "", _md_table(["group", "defense", "model"], sel_rows),
+            "", "Representatives:", "", md_table(["group", "defense", "model"], sel_rows),
         ]
     else:
         parts.append("No competing defenses in this run.")
