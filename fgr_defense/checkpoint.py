@@ -9,24 +9,29 @@ Format (a plain ``dict`` loadable with ``torch.load(path, weights_only=True)``):
         "meta": {...},                 # JSON-able: dataset, defense, epoch, metrics, ...
         # the Trainer adds optimizer/scheduler/RNG state under "trainer" for resuming
     }
+
+Importing this module does not import ``torch`` (the harness's reports use the atomic writers).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the atomic writers stay torch-free
+    import torch
+    from torch import nn
 
-from .models import build_model
-
-__all__ = ["CHECKPOINT_FORMAT", "atomic_save", "atomic_write", "atomic_write_text", "load_checkpoint", "load_model",
-           "save_model"]
+__all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "atomic_save", "atomic_write", "atomic_write_text", "load_checkpoint",
+           "load_model", "save_model"]
 
 CHECKPOINT_FORMAT = "deform-robust/1"
+#: The keys of ``arch`` (the arguments of :func:`~fgr_defense.models.build_model`).
+ARCH_KEYS = ("name", "in_channels", "num_classes", "size")
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
@@ -77,10 +82,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     Example:
         >>> import tempfile
         >>> p = Path(tempfile.mkdtemp()) / "x.pt"
+        >>> import torch
         >>> atomic_save({"w": torch.ones(2)}, p)
         >>> torch.load(p, weights_only=True)["w"]
         tensor([1., 1.])
     """
+    import torch
+
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
@@ -105,7 +113,7 @@ def save_model(
         ('SmallCNN', 'Standard')
     """
     if arch is not None:
-        missing = {"name", "in_channels", "num_classes", "size"} - set(arch)
+        missing = set(ARCH_KEYS) - set(arch)
         if missing:
             raise ValueError(f"arch: missing keys {sorted(missing)}; got {sorted(arch)}")
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
@@ -118,21 +126,61 @@ def save_model(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``; clear errors for missing/foreign files."""
+    """Load a checkpoint dict with ``weights_only=True``; clear errors for missing, broken or foreign files.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is empty, truncated or not a ``torch.save`` file ("is not a
+            readable checkpoint (truncated?): <reason>"); a readable file of another format
+            ("is not a deform-robust checkpoint"); or a checkpoint without ``state_dict``.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "broken.pt"
+        >>> _ = p.write_text("not a checkpoint")
+        >>> load_checkpoint(p)
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint '...broken.pt' is not a readable checkpoint (truncated?): ...
+    """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {str(path)!r}")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError,
+            IndexError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a readable checkpoint (truncated?): {_reason(err, path)}"
+        ) from err
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint: {str(path)!r} is not a deform-robust checkpoint "
             f"(expected format {CHECKPOINT_FORMAT!r})"
         )
+    if not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {str(path)!r}: missing the model weights ('state_dict')")
     return obj
 
 
+def _reason(err: BaseException, path: Path) -> str:
+    """A one-line reason: the exception's type and first sentence, and the file's size."""
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0][:160]
+    size = path.stat().st_size
+    what = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return f"{what} ({size} bytes{', empty file' if size == 0 else ''})"
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored at ``path``; returns ``(model in eval mode, meta)``."""
+    """Rebuild the model stored at ``path``; returns ``(model in eval mode, meta)``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`load_checkpoint`; also a missing or
+            incomplete ``arch`` (the missing keys are named) or weights that do not fit.
+    """
     obj = load_checkpoint(path, map_location)
     arch = obj.get("arch")
     if not isinstance(arch, dict):
@@ -140,12 +188,24 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
             f"checkpoint: {str(path)!r} stores no architecture (a custom model); rebuild the model "
             "and load load_checkpoint(path)['state_dict'] into it"
         )
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r}: 'arch' is missing keys {missing}")
+    from .models import build_model
+
     model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["size"])
-    model.load_state_dict(obj["state_dict"])
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:300]
+        raise ValueError(f"checkpoint {str(path)!r}: its 'state_dict' does not fit the {arch['name']!r} "
+                         f"model ({first})") from err
     model.eval()
     return model, dict(obj.get("meta", {}))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel/DataParallel wrappers."""
+    from torch import nn
+
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model

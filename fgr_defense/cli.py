@@ -1,16 +1,19 @@
 """Command line: ``python -m fgr_defense train ...`` (also under ``torchrun --nproc_per_node N``).
 
-Example::
-
-    python -m fgr_defense train --dataset mnist5k --model smallcnn --defense FGR+RS \\
-        --weight 5 --epochs 8 --out runs/x
-    python -m fgr_defense train ... --out runs/x --resume          # continue after a crash
-    python -m fgr_defense train --dataset cifar10 --data-root data --download \\
-        --model vgg11 --defense FGR --lam 400 --preset paper       # the paper's schedule
+A thin wrapper: arguments -> :class:`~fgr_defense.spec.TrainSpec` ->
+:func:`~fgr_defense.spec.train_from_spec`. Building the parser imports no ``torch`` (``--help``
+answers at once); the heavy imports happen in :func:`run_train`. Another console script can
+mount the same sub-command with :func:`add_train_arguments` and :func:`run_train`.
 
 Writes ``OUT/model.pt`` (checkpoint, see :mod:`fgr_defense.trainer`), ``OUT/log.json`` (metrics
-per epoch) and ``OUT/train.log``. Exit status: 0 done, 1 training/data error (message on
-stderr), 2 bad arguments.
+per epoch), ``OUT/train.log`` and, with ``--keep-best``, ``OUT/best.pt``. Exit status: 0 done,
+1 training/data error (message on stderr), 2 bad arguments (checked before any work).
+
+Example:
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["-v", "train", "--defense", "FGR+RS", "--weight", "5", "-v"])
+    >>> args.command, args.defense, args.weight, args.verbose + args.train_verbose
+    ('train', 'FGR+RS', 5.0, 2)
 """
 
 from __future__ import annotations
@@ -18,179 +21,223 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
+from .constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
 
-from .checkpoint import load_checkpoint
-from .data import DATASETS, dataset_info, get_dataset
-from .distributed import init_distributed
-from .models import MODELS, build_model
-from .presets import (
-    DEFENSES,
-    SCHEDULES,
-    build_defense,
-    default_out_dir,
-    get_schedule,
-    resolve_defense_name,
-)
-from .regularizers import VARIANTS
-from .trainer import NonFiniteLossError, Trainer
-
-__all__ = ["build_parser", "main", "train_from_args"]
+__all__ = ["EXAMPLES", "add_train_arguments", "build_parser", "main", "run_train", "spec_from_args", "train_from_args"]
 
 logger = logging.getLogger("fgr_defense")
 
+PROG = "python -m fgr_defense"
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fgr_defense`` argument parser (sub-command ``train``)."""
-    parser = argparse.ArgumentParser(prog="python -m fgr_defense",
-                                     description="Train classifiers with the paper's defenses.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train one model with one defense",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--dataset", default="mnist5k", choices=sorted(DATASETS))
-    t.add_argument("--model", default="smallcnn", choices=sorted(MODELS))
-    t.add_argument("--defense", default="Standard", help=f"one of {', '.join(DEFENSES)}")
-    t.add_argument("--lam", type=float, default=None,
-                   help="the paper's lambda (authors' convention), converted to --weight")
-    t.add_argument("--lam-batch-size", type=int, default=256, help="the batch size --lam refers to")
-    t.add_argument("--weight", type=float, default=None, help="per-example penalty weight (our convention)")
-    t.add_argument("--sigma", type=float, default=None,
-                   help="FGR+RS random-start std in pixels (default: the paper's 0.01 normalized)")
-    t.add_argument("--variant", default="paper", choices=VARIANTS, help="FGR+RS: eq. (16) or the authors' code")
-    t.add_argument("--eps", type=float, default=None, help="L-inf budget of adversarial training")
-    t.add_argument("--preset", default="fast", choices=SCHEDULES, help="training schedule")
-    t.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    t.add_argument("--batch-size", type=int, default=None, help="override the preset's global batch size")
-    t.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm")
-    t.add_argument("--data-root", default=None, help="torchvision data folder (mnist, cifar10, cifar100)")
-    t.add_argument("--download", action="store_true", help="download a missing dataset into --data-root")
-    t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--val-limit", type=int, default=None, help="use only the first N test images")
-    t.add_argument("--no-val", action="store_true", help="skip the per-epoch test-set evaluation")
-    t.add_argument("--no-augment", action="store_true", help="disable random crop/flip")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    t.add_argument("--out", default=None,
-                   help="output folder (default: results/train/<dataset>-<model>-<defense>[-lam<lam>])")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+EXAMPLES = """\
+examples:
+  # FGR+RS on the embedded MNIST-5k (no download), a few minutes on a CPU
+  python -m fgr_defense train --defense FGR+RS --weight 5 --epochs 8 --out runs/fgr-rs
+  # continue it after a crash, or to more epochs
+  python -m fgr_defense train --defense FGR+RS --weight 5 --epochs 10 --out runs/fgr-rs --resume
+  # the paper's FGR on CIFAR-10 with the paper's schedule (lambda converted to --weight)
+  python -m fgr_defense train --dataset cifar10 --data-root data --download --model vgg11 \\
+      --defense FGR --lam 400 --preset paper --out runs/c10-fgr
+  # the authors' public code, like for like: their variant, data pipeline, schedule, best epoch
+  python -m fgr_defense train --dataset cifar10 --data-root data --model vgg11 --defense FGR+RS \\
+      --lam 300 --lam-batch-size 128 --variant authors --pipeline authors --preset authors --keep-best
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; show the defaults that say something (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+            or isinstance(action, argparse._CountAction)
+        if "%(default)" not in text and not quiet and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 40,60, got {text!r}") from None
+    return values
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` options to ``parser`` (any parser or sub-parser); returns it.
+
+    Pair with :func:`run_train` (``parser.set_defaults(handler=run_train)`` or similar).
+    Imports no ``torch``. ``-v/--verbose`` is left to the caller (so that a console script
+    can put it on its main parser and its sub-commands alike); :func:`run_train` logs at
+    DEBUG level when ``args.verbose`` or ``args.train_verbose`` is set.
+    """
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--dataset", default="mnist5k", choices=list(DATASETS),
+                      help="dataset (mnist5k is embedded; the others load from --data-root)")
+    what.add_argument("--model", default="smallcnn", choices=list(MODEL_NAMES), help="classifier")
+    what.add_argument("--defense", default="Standard", help=f"one of {', '.join(DEFENSES)} (case-insensitive)")
+    what.add_argument("--lam", type=float, default=None,
+                      help="the paper's lambda (authors' convention), converted to the weight "
+                           "lam*((W-1)/2)^2/B^2 for FGR (lam/B^2 for IGR) with B = --lam-batch-size; "
+                           "default 100 (FGR) / 1000 (IGR) when --weight is not given")
+    what.add_argument("--lam-batch-size", type=int, default=256, help="the batch size B that --lam was tuned with")
+    what.add_argument("--weight", type=float, default=None,
+                      help="penalty weight in this package's per-example convention (instead of --lam)")
+    what.add_argument("--sigma", type=float, default=None,
+                      help="FGR+RS random-start std in pixels (default: the paper's 0.01 normalized)")
+    what.add_argument("--variant", default="paper", choices=list(VARIANTS),
+                      help="FGR: eq. (16) as printed, or the authors' code (random start as augmentation)")
+    what.add_argument("--eps", type=float, default=None,
+                      help="L-inf budget of adversarial training (default: 0.1 MNIST, 0.01 CIFAR)")
+    how = parser.add_argument_group("schedule")
+    how.add_argument("--preset", default="fast", choices=list(SCHEDULES),
+                     help="training schedule: paper (SGD, lr 0.1, batch 256), authors (their code, CIFAR), "
+                          "fast (Adam, 8 epochs)")
+    how.add_argument("--epochs", type=int, default=None, help="total epochs (default: the preset's)")
+    how.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
+    how.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the preset's)")
+    how.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="override the preset's optimizer")
+    how.add_argument("--momentum", type=float, default=None, help="override the preset's SGD momentum")
+    how.add_argument("--weight-decay", type=float, default=None, help="override the preset's weight decay")
+    how.add_argument("--milestones", type=_int_list, default=None,
+                     help="override the epochs after which the lr drops, e.g. 40,60")
+    how.add_argument("--gamma", type=float, default=None, help="override the lr drop factor")
+    how.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    how.add_argument("--seed", type=int, default=0, help="seed of the initialization and all training randomness")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", default=None, help="torchvision data folder (mnist, cifar10, cifar100)")
+    data.add_argument("--download", action="store_true", help="download a missing dataset into --data-root")
+    data.add_argument("--pipeline", default="paper", choices=list(PIPELINES),
+                      help="data pipeline: paper (pad-and-crop) or authors (resize-then-crop, test images too)")
+    data.add_argument("--no-augment", action="store_true", help="disable the random crop/flip")
+    data.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    data.add_argument("--val-limit", type=int, default=None, help="validate on the first N test images only")
+    data.add_argument("--no-val", action="store_true", help="skip the per-epoch test-set evaluation")
+    data.add_argument("--keep-best", action="store_true",
+                      help="also keep OUT/best.pt, the epoch with the best validation accuracy")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default=None,
+                     help="output folder (default: results/train/<dataset>-<model>-<defense>[-lam<lam>][-w<weight>])")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    run.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N optimizer steps")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="logging level (-v is DEBUG)")
     return parser
 
 
-def _check_positive(value: Any, name: str) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fgr_defense`` argument parser (sub-command ``train``); imports no ``torch``."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Train classifiers with the paper's defenses.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (DEBUG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="the sub-command ('COMMAND --help' lists its options)")
+    train = sub.add_parser("train", help="train one model with one defense", description=(
+        "Train one model with one defense; writes OUT/model.pt, OUT/log.json and OUT/train.log."),
+        epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    add_train_arguments(train)
+    train.add_argument("-v", "--verbose", dest="train_verbose", action="count", default=0,
+                       help="more log output (DEBUG), also accepted after the sub-command")
+    return parser
 
 
-def _config_of(args: argparse.Namespace, defense: str) -> dict[str, Any]:
-    keys = ("dataset", "model", "lam", "lam_batch_size", "weight", "sigma", "variant", "eps", "preset",
-            "batch_size", "lr", "grad_clip", "limit", "no_augment", "seed")
-    cfg = {k: getattr(args, k) for k in keys}
-    cfg["defense"] = defense
-    return cfg
+#: Spec field -> option, for error messages of the command line.
+_FLAGS = {"validation": "--no-val", "augment": "--no-augment", "schedule": "--preset", "progress": "--no-progress",
+          "lam, weight": "--lam, --weight", "lam/weight": "--lam/--weight", "data_root": "--data-root"}
 
 
-def train_from_args(args: argparse.Namespace) -> Path:
-    """Run ``train`` with parsed arguments; returns the checkpoint path (``OUT/model.pt``)."""
-    defense_name = resolve_defense_name(args.defense)
-    for name in ("epochs", "batch_size", "limit", "checkpoint_every"):
-        _check_positive(getattr(args, name), "--" + name.replace("_", "-"))
-    info = dataset_info(args.dataset)
-    out = Path(args.out) if args.out else default_out_dir(args.dataset, args.model, defense_name, args.lam,
-                                                          weight=args.weight)
-    ckpt = out / "model.pt"
-    config = _config_of(args, defense_name)
-    if args.resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start the run without --resume")
-        stored = load_checkpoint(ckpt).get("meta", {}).get("config", {})
-        diff = {k: (stored.get(k), v) for k, v in config.items() if k in stored and stored.get(k) != v}
-        if diff:
-            raise ValueError(f"--resume: the run in {str(out)!r} was started with different settings "
-                             f"(stored, given): {diff}")
-    elif ckpt.exists():
-        raise FileExistsError(f"--out: {str(out)!r} already holds a checkpoint; pass --resume to continue it "
-                              "or choose another --out")
+def _as_flags(message: str) -> str:
+    """``"val_limit: expected ..."`` -> ``"--val-limit: expected ..."``."""
+    head, sep, rest = message.partition(": ")
+    if not sep:
+        return message
+    name = head.removeprefix("schedule.")
+    if name in _FLAGS:
+        return f"{_FLAGS[name]}: {rest}"
+    if name.replace("_", "").isalnum() and name.islower():
+        return f"--{name.replace('_', '-')}: {rest}"
+    return message
 
-    ctx = init_distributed()
-    world = ctx.world_size if ctx is not None else 1
-    schedule = get_schedule(args.preset, args.dataset)
-    epochs = args.epochs if args.epochs is not None else schedule.epochs
-    global_batch = args.batch_size if args.batch_size is not None else schedule.batch_size
-    if global_batch % world:
-        raise ValueError(f"--batch-size: the global batch {global_batch} must be divisible by the "
-                         f"{world} processes")
-    if ctx is None or ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
 
-    torch.manual_seed(args.seed)  # model initialization (DDP then broadcasts rank 0's weights)
-    model = build_model(args.model, info["channels"], info["num_classes"], info["size"])
-    arch = {"name": args.model, "in_channels": info["channels"], "num_classes": info["num_classes"],
-            "size": info["size"]}
-    defense = build_defense(defense_name, model, args.dataset, lam=args.lam, weight=args.weight,
-                            lam_batch_size=args.lam_batch_size, sigma=args.sigma, variant=args.variant,
-                            eps=args.eps)
-    if args.lr is not None:
-        schedule = type(schedule)(**{**schedule.__dict__, "lr": args.lr})
-    optimizer, scheduler = schedule.build(model.parameters())
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~fgr_defense.spec.TrainSpec` of parsed ``train`` arguments (validated)."""
+    from .presets import get_schedule
+    from .spec import TrainSpec
 
-    train_set = get_dataset(args.dataset, train=True, root=args.data_root, download=args.download,
-                            augment=not args.no_augment, limit=args.limit)
-    train_loader = DataLoader(train_set, batch_size=global_batch // world, shuffle=True,
-                              num_workers=args.workers)
-    val_loader = None
-    if not args.no_val:
-        val_set = get_dataset(args.dataset, train=False, root=args.data_root, download=args.download,
-                              limit=args.val_limit)
-        val_loader = DataLoader(val_set, batch_size=512, shuffle=False, num_workers=args.workers)
-
-    meta = {"dataset": args.dataset, "model": args.model, "defense": defense_name,
-            "defense_config": defense.config, "schedule": {**schedule.to_dict(), "epochs": epochs,
-                                                           "batch_size": global_batch},
-            "config": config, "world_size": world, "trainer": "fgr_defense.Trainer"}
-    kwargs: dict[str, Any] = dict(
-        regularizer=defense.regularizer, adversary=defense.adversary, scheduler=scheduler,
-        device=args.device, grad_clip=args.grad_clip, seed=args.seed, progress=not args.no_progress,
-        out_dir=out, checkpoint_every=args.checkpoint_every, arch=arch, meta=meta,
+    schedule: Any = args.preset
+    custom = {k: getattr(args, k) for k in ("optimizer", "momentum", "weight_decay", "milestones", "gamma")
+              if getattr(args, k, None) is not None}
+    if custom:
+        schedule = get_schedule(args.preset, args.dataset).replace(name=f"{args.preset}-custom", **custom)
+    return TrainSpec(
+        dataset=args.dataset, model=args.model, defense=args.defense, weight=args.weight, lam=args.lam,
+        lam_batch_size=args.lam_batch_size, sigma=args.sigma, variant=args.variant, eps=args.eps,
+        schedule=schedule, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, pipeline=args.pipeline,
+        augment=not args.no_augment, limit=args.limit, seed=args.seed, grad_clip=args.grad_clip,
+        keep_best=args.keep_best, data_root=args.data_root, download=args.download, device=args.device,
+        workers=args.workers, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+        validation=not args.no_val, val_limit=args.val_limit,
     )
-    if args.resume:
-        trainer = Trainer.resume(ckpt, model, optimizer, **kwargs)
-    else:
-        trainer = Trainer(model, optimizer, **kwargs)
-    if trainer.is_main:
-        logger.info("training %s / %s / %s: %s; schedule %s, %d epochs, global batch %d -> %s",
-                    args.dataset, args.model, defense_name, defense.config, schedule.name, epochs,
-                    global_batch, ckpt)
-    trainer.fit(train_loader, epochs, val_loader)
-    if trainer.epoch == 0 and trainer.is_main:
-        trainer.save(ckpt)  # epochs == 0: still leave a (untrained) checkpoint behind
-    return ckpt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def train_from_args(args: argparse.Namespace) -> Any:
+    """Backward-compatible: train from parsed arguments and return the checkpoint path (raises on errors).
+
+    Prefer :func:`run_train` (exit status) or :func:`~fgr_defense.spec.train_from_spec`.
+    """
+    from .spec import train_from_spec
+
+    spec = spec_from_args(args)
+    return train_from_spec(spec, _out_dir(args, spec), mode="resume" if args.resume else "new").checkpoint
+
+
+def _out_dir(args: argparse.Namespace, spec: Any) -> Any:
+    from .presets import default_out_dir
+
+    return args.out or default_out_dir(spec.dataset, spec.model, spec.defense, args.lam, weight=args.weight)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "train_verbose", 0) or 0)
+    level = logging.DEBUG if verbose else getattr(logging, getattr(args, "log_level", "INFO"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fgr_defense").setLevel(level)
+
+
+def run_train(args: argparse.Namespace, prog: str = f"{PROG} train") -> int:
+    """Run ``train`` with parsed arguments (from :func:`add_train_arguments`); returns the exit status.
+
+    0: done; 1: a training or data error (one line on stderr); 2: bad arguments, found before
+    any work (one line on stderr, ``"<prog>: error: --option: ..."``, as argparse writes them).
+    """
+    _configure_logging(args)
+    try:
+        from .device import resolve_device
+
+        spec = spec_from_args(args)
+        resolve_device(spec.device)
+        out = _out_dir(args, spec)
+    except (ValueError, TypeError) as err:
+        sys.stderr.write(f"{prog}: error: {_as_flags(str(err))}\n")
+        return 2
+
+    import torch.distributed as dist
+
+    from .spec import train_from_spec
+    from .trainer import NonFiniteLossError
+
     owned_group = not (dist.is_available() and dist.is_initialized())
     try:
-        if args.command == "train":
-            path = train_from_args(args)
-            if not dist.is_initialized() or dist.get_rank() == 0:
-                logger.info("done: %s", path)
+        result = train_from_spec(spec, out, mode="resume" if args.resume else "new")
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            logger.info("done: %s (%s)", result.checkpoint, "nothing to do" if result.cached else
+                        f"{result.wall_s:.1f} s")
     except (NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
@@ -198,3 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if owned_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # the one torchrun's environment made us create
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (argparse itself exits with 2 on unparsable arguments)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return run_train(args)
+    return 2  # pragma: no cover - argparse requires a known command

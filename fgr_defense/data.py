@@ -3,6 +3,20 @@
 Convention:
     Every dataset yields ``(image, label)`` with ``image`` a float32 tensor ``(C, H, W)`` in
     ``[0, 1]`` (no normalization: models see raw pixels, as in the paper) and ``label`` an int.
+
+    Two data pipelines (``pipeline=`` of :func:`get_dataset`):
+
+    - ``"paper"`` (default): test images untouched; training augmentation (``augment=True``)
+      is a random crop of the zero-padded image (2 px for 28x28, 4 px for 32x32) plus, for
+      CIFAR, a random horizontal flip (the paper's "random cropping ... random flipping").
+    - ``"authors"``: the authors' public code (``datasets/__init__.py``), on the uint8 PIL
+      images: train ``Resize((S+4, S+4)) -> RandomCrop(S) -> RandomHorizontalFlip ->
+      ToTensor``; test ``Resize((S+4, S+4)) -> CenterCrop(S) -> ToTensor``, so the **test
+      images are resized too**. The flip is used for CIFAR only (the authors' code has CIFAR
+      settings only; the paper flips CIFAR only). ``augment`` picks the transform: without
+      it (test splits, or training without augmentation) the test transform is used.
+      ``mnist5k`` is stored as float tensors ``k / 255``; each image is converted back to its
+      exact uint8 PIL image first, then transformed like the torchvision datasets.
 """
 
 from __future__ import annotations
@@ -11,13 +25,19 @@ import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable
+from urllib.error import URLError
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["DATASETS", "DatasetInfo", "get_dataset", "load_mnist5k", "dataset_info"]
+from torchattacks_deform.validation import check_bool, check_choice, check_number
+
+from .constants import DATASETS, PIPELINES
+
+__all__ = ["DATASETS", "PIPELINES", "DatasetInfo", "authors_transform", "get_dataset", "load_mnist5k",
+           "dataset_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +50,12 @@ class DatasetInfo(dict):
     """``{"channels", "size", "num_classes"}`` of a dataset name."""
 
 
-DATASETS: dict[str, dict[str, int]] = {
-    "mnist5k": {"channels": 1, "size": 28, "num_classes": 10},
-    "mnist": {"channels": 1, "size": 28, "num_classes": 10},
-    "cifar10": {"channels": 3, "size": 32, "num_classes": 10},
-    "cifar100": {"channels": 3, "size": 32, "num_classes": 100},
+#: Where torchvision expects each dataset under ``root`` (for the download-failed message).
+_LAYOUT = {
+    "mnist": "MNIST/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte)",
+    "cifar10": "cifar-10-batches-py/ (cifar-10-python.tar.gz extracted)",
+    "cifar100": "cifar-100-python/ (cifar-100-python.tar.gz extracted)",
 }
 
 
@@ -108,7 +129,7 @@ class _Augmented(Dataset):
 
 
 def _augmentation(name: str) -> Callable[[Tensor], Tensor]:
-    """The paper's augmentation: random crop for all datasets, plus flips for CIFAR."""
+    """The ``"paper"`` pipeline's augmentation: random crop of the padded image; flips for CIFAR."""
     from torchvision import transforms as T
 
     size = DATASETS[name]["size"]
@@ -118,6 +139,52 @@ def _augmentation(name: str) -> Callable[[Tensor], Tensor]:
     return T.Compose(ops)
 
 
+def authors_transform(name: str, augment: bool) -> Callable[[Any], Tensor]:
+    """The ``"authors"`` pipeline's transform of a PIL image (module docstring), ending in ``ToTensor``.
+
+    ``augment=True`` is their training transform, ``False`` their test transform.
+
+    Example:
+        >>> authors_transform("cifar10", augment=False)
+        Compose(
+            Resize(size=(36, 36), interpolation=bilinear, max_size=None, antialias=True)
+            CenterCrop(size=(32, 32))
+            ToTensor()
+        )
+    """
+    from torchvision import transforms as T
+
+    size = dataset_info(name)["size"]
+    ops: list[Any] = [T.Resize((size + 4, size + 4))]
+    if augment:
+        ops.append(T.RandomCrop((size, size)))
+        if name.startswith("cifar"):
+            ops.append(T.RandomHorizontalFlip())
+    else:
+        ops.append(T.CenterCrop((size, size)))
+    ops.append(T.ToTensor())
+    return T.Compose(ops)
+
+
+class _PILPipeline(Dataset):
+    """A float-tensor dataset (values ``k / 255``) seen through a PIL transform, like torchvision's."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], Tensor]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        from PIL import Image
+
+        image, label = self.base[index]
+        pixels = (image * 255.0).round().clamp(0, 255).to(torch.uint8)  # exact: stored as k / 255
+        array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+        return self.transform(Image.fromarray(array)), label
+
+
 def get_dataset(
     name: str,
     train: bool,
@@ -125,6 +192,7 @@ def get_dataset(
     download: bool = False,
     augment: bool = False,
     limit: int | None = None,
+    pipeline: str = "paper",
 ) -> Dataset:
     """Build a dataset by name.
 
@@ -136,37 +204,54 @@ def get_dataset(
         train: training split if True, else the test split.
         root: torchvision data root (required except for ``mnist5k``).
         download: let torchvision download a missing dataset into ``root``.
-        augment: apply the paper's training augmentation (random crop; flip for CIFAR).
-        limit: keep only the first ``limit`` examples.
+        augment: apply the pipeline's training augmentation (random crop; flip for CIFAR).
+        limit: keep only the first ``limit`` examples (an int >= 0).
+        pipeline: ``"paper"`` (default) or ``"authors"`` (module docstring; with
+            ``"authors"`` the test images are resized and center-cropped too).
 
     Raises:
-        ValueError: unknown name, negative limit, or missing root.
-        FileNotFoundError: the dataset is not in ``root`` and ``download`` is False.
+        ValueError: unknown name or pipeline, negative limit, or missing root.
+        FileNotFoundError: the dataset is not in ``root`` and ``download`` is False, or the
+            download failed (e.g. no network); the message says where to put the files.
 
     Example:
         >>> len(get_dataset("mnist5k", train=True, limit=100))
         100
+        >>> get_dataset("mnist5k", train=False, pipeline="authors", limit=1)[0][0].shape
+        torch.Size([1, 28, 28])
     """
     info = dataset_info(name)
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit: expected a non-negative int or None, got {limit!r}")
+    check_number(limit, "limit", integer=True, minimum=0, allow_none=True)
+    check_bool(augment, "augment")
+    check_bool(download, "download")
+    check_choice(pipeline, "pipeline", PIPELINES)
+    pil_transform = authors_transform(name, augment) if pipeline == "authors" else None
     ds: Dataset
     if name == "mnist5k":
         images, labels = load_mnist5k(train)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         ds = TensorDataset(images, labels)
+        if pil_transform is not None:
+            ds = _PILPipeline(ds, pil_transform)
     else:
-        ds = _torchvision_dataset(name, train, root, download)
+        ds = _torchvision_dataset(name, train, root, download, pil_transform)
         if limit is not None:
             ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))  # type: ignore[arg-type]
-    if augment:
+    if augment and pipeline == "paper":
         ds = _Augmented(ds, _augmentation(name))
-    logger.debug("dataset %s train=%s: %d examples, %s", name, train, len(ds), info)  # type: ignore[arg-type]
+    logger.debug("dataset %s train=%s pipeline=%s: %d examples, %s", name, train, pipeline,
+                 len(ds), info)  # type: ignore[arg-type]
     return ds
 
 
-def _torchvision_dataset(name: str, train: bool, root: str | Path | None, download: bool) -> Dataset:
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def _torchvision_dataset(name: str, train: bool, root: str | Path | None, download: bool,
+                         pil_transform: Callable[[Any], Tensor] | None) -> Dataset:
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 
@@ -176,10 +261,19 @@ def _torchvision_dataset(name: str, train: bool, root: str | Path | None, downlo
             "(and --download to fetch it there), or use the embedded 'mnist5k'"
         )
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    transform = pil_transform if pil_transform is not None else ToTensor()
     try:
-        return cls(root=str(root), train=train, download=download, transform=ToTensor())
-    except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise FileNotFoundError(
-            f"dataset {name!r} was not found under {str(root)!r} (torchvision layout). "
-            f"Download it once with --download (download=True), or copy it there. ({err})"
-        ) from err
+        return cls(root=str(root), train=train, download=download, transform=transform)
+    except (URLError, OSError, RuntimeError) as err:
+        if download:
+            raise FileNotFoundError(
+                f"dataset {name!r}: the download into {str(root)!r} failed ({_short(err)}). Without "
+                f"network access, place the files there yourself: {str(root)}/{_LAYOUT[name]}"
+            ) from err
+        if isinstance(err, RuntimeError):  # torchvision: "Dataset not found. You can use download=True ..."
+            raise FileNotFoundError(
+                f"dataset {name!r} was not found under {str(root)!r} (torchvision layout: "
+                f"{_LAYOUT[name]}). Download it once with --download (download=True), or copy it there. "
+                f"({_short(err)})"
+            ) from err
+        raise

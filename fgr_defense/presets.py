@@ -5,49 +5,55 @@ Defenses (Section "Defenses" of the paper): ``Standard``, ``AT-FGSM``, ``AT-PGD`
 
 Convention:
     - The paper's lambdas (IGR: 1000, 3000, 5000, 7000; FGR: 100, 400, 500, 1000) are in the
-      authors' convention (batch-mean loss, sum of squares over the batch, flows in
-      normalized units). They are converted **explicitly** by
-      :func:`~fgr_defense.regularizers.paper_lambda_to_weight` with ``lam_batch_size`` (the
-      batch size the lambda was tuned with, the paper's 256) into this package's per-example
-      ``weight``; pass ``weight=`` to skip the conversion. Both end up in ``Defense.config``.
+      authors' convention (gradient of the batch-mean loss, flows in normalized units,
+      per-example squared norms averaged over the batch). They are converted **explicitly**
+      by :func:`~fgr_defense.regularizers.paper_lambda_to_weight` with ``lam_batch_size``
+      (the batch size the lambda was tuned with, the paper's 256) into this package's
+      per-example ``weight``: ``lam * ((W - 1) / 2) ** 2 / B ** 2`` for the FGR family
+      (lambda 100 is weight 0.28 on 28x28 and 0.37 on 32x32 at ``B = 256``) and
+      ``lam / B ** 2`` for IGR (by analogy: the authors publish no IGR code). Pass
+      ``weight=`` to skip the conversion. Both end up in ``Defense.config``.
     - FGR+RS's sigma is the paper's 0.01 normalized (``align_corners=True``), i.e.
       ``0.01 * (W - 1) / 2`` pixels (0.135 px on 28x28, 0.155 px on 32x32).
     - Adversarial training uses L-inf ``eps`` 0.1 (MNIST) / 0.01 (CIFAR) on ``[0, 1]`` pixels;
       PGD with 7 steps, step size ``alpha = 2.5 * eps / steps`` (Madry et al.'s rule; the
       paper does not give it) and a random start (torchattacks' default).
     - Schedules: ``"paper"`` (SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.1, x0.1 every
-      10 epochs for 30 epochs on MNIST; at epochs 40 and 60 of 80 on CIFAR) and ``"fast"``
-      (Adam, lr 1e-3, batch 64, 8 epochs: MNIST-5k + SmallCNN on a CPU in about a minute per
-      defense).
+      10 epochs for 30 epochs on MNIST; at epochs 40 and 60 of 80 on CIFAR), ``"authors"``
+      (their public code's CIFAR settings, ``utils/settings.py``: SGD momentum 0.9, weight
+      decay 5e-4, batch 128, lr 0.01, x0.1 at epochs 40 and 60 of 80; CIFAR only) and
+      ``"fast"`` (Adam, lr 1e-3, batch 64, 8 epochs: MNIST-5k + SmallCNN on a CPU in about a
+      minute per defense). A custom :class:`Schedule` can be built directly.
 
 Note:
-    The paper's lambdas were tuned for VGG-11/ResNet-18 on the full datasets. On MNIST-5k with
-    the SmallCNN and the ``"fast"`` schedule they are too strong: measured with
-    ``python -m fgr_defense train --defense D ...`` (8 epochs, test accuracy of the last
-    epoch), Standard 96.2%, IGR ``--lam 1000`` (weight 3.9) collapses to 9.2% (a constant
-    classifier), FGR ``--lam 100`` (weight 71) 85.2%, while FGR ``--weight 5`` 96.4%,
-    FGR+RS ``--weight 5`` 96.4%, FGR ``--weight 20`` 95.6% and IGR ``--weight 0.5`` 96.3%.
+    The paper's lambdas were tuned for VGG-11/ResNet-18 on the full datasets with the paper's
+    schedule; whether the converted values suit MNIST-5k, the SmallCNN or the ``"fast"``
+    schedule is an empirical question. Measurements of the converted lambda grids are in
+    ``results/mnist5k/report.md``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import torch
 from torch import nn
 
-from .data import DATASETS, dataset_info
+from torchattacks_deform.validation import check_choice, check_number
+
+from .constants import DATASETS, DEFENSES, SCHEDULES, VARIANTS
+from .data import dataset_info
+from .naming import slugify
 from .regularizers import (
     FGR,
     IGR,
-    VARIANTS,
     GradientRegularizer,
     paper_lambda_to_weight,
     paper_sigma_to_pixels,
 )
+from .schedules import Schedule, get_schedule
 
 __all__ = [
     "AT_EPS",
@@ -61,6 +67,7 @@ __all__ = [
     "Defense",
     "Schedule",
     "build_defense",
+    "check_defense_args",
     "default_out_dir",
     "get_schedule",
     "resolve_defense_name",
@@ -68,8 +75,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The paper's defenses, in its order.
-DEFENSES = ("Standard", "AT-FGSM", "AT-PGD", "IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
 #: The lambdas of the paper's sweeps (authors' convention); FGR+RS (+AT-PGD) use FGR's.
 PAPER_LAMBDAS: dict[str, tuple[float, ...]] = {"IGR": (1000.0, 3000.0, 5000.0, 7000.0),
                                                "FGR": (100.0, 400.0, 500.0, 1000.0)}
@@ -84,8 +89,6 @@ AT_EPS: dict[str, float] = {"mnist": 0.1, "mnist5k": 0.1, "cifar10": 0.01, "cifa
 #: PGD iterations of adversarial training, and the step-size rule alpha = factor * eps / steps.
 PGD_STEPS = 7
 PGD_ALPHA_FACTOR = 2.5
-#: Training schedules by name.
-SCHEDULES = ("paper", "fast")
 
 
 def resolve_defense_name(name: str) -> str:
@@ -138,6 +141,55 @@ def _check_dataset(dataset: str) -> dict[str, int]:
     return dataset_info(dataset)
 
 
+def check_defense_args(
+    name: str,
+    *,
+    lam: float | None = None,
+    weight: float | None = None,
+    lam_batch_size: int = PAPER_BATCH_SIZE,
+    sigma: float | None = None,
+    variant: str = "paper",
+    eps: float | None = None,
+) -> str:
+    """Check the settings of a defense without building it; returns its canonical name.
+
+    The checks of :func:`build_defense` (which calls this), usable before any model exists.
+
+    Raises:
+        ValueError, TypeError: unknown name, both ``lam`` and ``weight``, a parameter the
+            defense does not take, negative or non-finite numbers (the message names it).
+
+    Example:
+        >>> check_defense_args("fgr+rs", lam=100)
+        'FGR+RS'
+        >>> check_defense_args("FGR", lam=float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: lam: expected a finite number >= 0, got nan
+    """
+    canonical = resolve_defense_name(name)
+    uses_reg = canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
+    uses_at = canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD")
+    uses_rs = canonical in ("FGR+RS", "FGR+RS+AT-PGD")
+    check_number(lam, "lam", minimum=0, allow_none=True)
+    check_number(weight, "weight", minimum=0, allow_none=True)
+    check_number(lam_batch_size, "lam_batch_size", integer=True, minimum=1)
+    check_number(sigma, "sigma", minimum=0, allow_none=True)
+    check_number(eps, "eps", minimum=0, allow_none=True)
+    check_choice(variant, "variant", VARIANTS)
+    if not uses_reg and (lam is not None or weight is not None):
+        raise ValueError(f"lam/weight: defense {canonical!r} has no regularizer; got lam={lam!r}, weight={weight!r}")
+    if lam is not None and weight is not None:
+        raise ValueError(f"lam, weight: give one of them (lam is converted to weight), got lam={lam!r}, weight={weight!r}")
+    if not uses_rs and sigma is not None:
+        raise ValueError(f"sigma: defense {canonical!r} has no random start; use 'FGR+RS' (got sigma={sigma!r})")
+    if not uses_at and eps is not None:
+        raise ValueError(f"eps: defense {canonical!r} has no adversarial training; got eps={eps!r}")
+    if variant != "paper" and not (uses_reg and canonical != "IGR"):
+        raise ValueError(f"variant: only the FGR defenses have variants; got {variant!r} for {canonical!r}")
+    return canonical
+
+
 def build_defense(
     name: str,
     model: nn.Module,
@@ -169,40 +221,29 @@ def build_defense(
 
     Raises:
         ValueError: unknown name or dataset, both ``lam`` and ``weight``, a parameter the
-            defense does not take, negative values.
+            defense does not take, negative or non-finite values (:func:`check_defense_args`).
 
     Example:
         >>> from fgr_defense.models import SmallCNN
-        >>> d = build_defense("FGR+RS", SmallCNN(), "mnist5k", lam=100)
+        >>> d = build_defense("FGR+RS", SmallCNN(), "mnist5k", lam=100)  # 100 * 13.5**2 / 256**2
         >>> d.regularizer
-        FGR(weight=71.19140625, sigma=0.135, q=2.0, variant='paper', padding_mode='border')
+        FGR(weight=0.2780914306640625, sigma=0.135, q=2.0, variant='paper', padding_mode='border')
         >>> build_defense("AT-PGD", SmallCNN(), "cifar10").config["eps"]
         0.01
     """
-    canonical = resolve_defense_name(name)
+    canonical = check_defense_args(name, lam=lam, weight=weight, lam_batch_size=lam_batch_size, sigma=sigma,
+                                   variant=variant, eps=eps)
     info = _check_dataset(dataset)
     size = info["size"]
     uses_reg = canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
     uses_at = canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD")
     uses_rs = canonical in ("FGR+RS", "FGR+RS+AT-PGD")
     config: dict[str, Any] = {"defense": canonical, "dataset": dataset}
-    if not uses_reg and (lam is not None or weight is not None):
-        raise ValueError(f"lam/weight: defense {canonical!r} has no regularizer; got lam={lam!r}, weight={weight!r}")
-    if not uses_rs and sigma is not None:
-        raise ValueError(f"sigma: defense {canonical!r} has no random start; use 'FGR+RS' (got sigma={sigma!r})")
-    if not uses_at and eps is not None:
-        raise ValueError(f"eps: defense {canonical!r} has no adversarial training; got eps={eps!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-    if variant != "paper" and not (uses_reg and canonical != "IGR"):
-        raise ValueError(f"variant: only the FGR defenses have variants; got {variant!r} for {canonical!r}")
 
     regularizer: GradientRegularizer | None = None
     if uses_reg:
         kind = "input" if canonical == "IGR" else "flow"
         family = "IGR" if canonical == "IGR" else "FGR"
-        if lam is not None and weight is not None:
-            raise ValueError(f"lam, weight: give one of them (lam is converted to weight), got lam={lam!r}, weight={weight!r}")
         if weight is None:
             lam = DEFAULT_LAMBDA[family] if lam is None else lam
             weight = paper_lambda_to_weight(lam, lam_batch_size, size, kind=kind)
@@ -224,8 +265,6 @@ def build_defense(
         import torchattacks
 
         eps = AT_EPS[dataset] if eps is None else eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps: expected a non-negative L-inf budget, got {eps!r}")
         config["eps"] = float(eps)
         if canonical == "AT-FGSM":
             adversary = torchattacks.FGSM(model, eps=float(eps))
@@ -236,64 +275,6 @@ def build_defense(
     return Defense(canonical, regularizer, adversary, config)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Optimizer and learning-rate schedule of a training preset.
-
-    Example:
-        >>> s = get_schedule("paper", "cifar10")
-        >>> s.epochs, s.milestones, s.batch_size
-        (80, (40, 60), 256)
-    """
-
-    name: str
-    optimizer: str
-    lr: float
-    batch_size: int
-    epochs: int
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-
-    def build(self, params: Iterable[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
-        """``(optimizer, MultiStepLR scheduler)`` over ``params``."""
-        opt: torch.optim.Optimizer
-        if self.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        elif self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.milestones), gamma=self.gamma)
-        return opt, sched
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-
-def get_schedule(preset: str, dataset: str) -> Schedule:
-    """The training schedule ``preset`` (``"paper"`` or ``"fast"``) for ``dataset``.
-
-    Raises:
-        ValueError: unknown preset or dataset.
-
-    Example:
-        >>> get_schedule("paper", "mnist")
-        Schedule(name='paper', optimizer='sgd', lr=0.1, batch_size=256, epochs=30, momentum=0.9, weight_decay=0.0005, milestones=(10, 20), gamma=0.1)
-    """
-    _check_dataset(dataset)
-    if preset == "paper":
-        if dataset.startswith("cifar"):
-            return Schedule("paper", "sgd", 0.1, 256, 80, 0.9, 5e-4, (40, 60), 0.1)
-        return Schedule("paper", "sgd", 0.1, 256, 30, 0.9, 5e-4, (10, 20), 0.1)
-    if preset == "fast":
-        return Schedule("fast", "adam", 1e-3, 64, 8, 0.0, 0.0, (6,), 0.1)
-    raise ValueError(f"preset: expected one of {list(SCHEDULES)}, got {preset!r}")
-
-
 def default_out_dir(
     dataset: str,
     model: str,
@@ -302,7 +283,7 @@ def default_out_dir(
     root: str | Path = "results/train",
     weight: float | None = None,
 ) -> Path:
-    """``<root>/<dataset>-<model>-<defense slug>[-lam<lam>][-w<weight>]``, the layout of the eval configs.
+    """``<root>/<slug>``, the slug (:func:`~fgr_defense.naming.slugify`) of ``<dataset>-<model>-<defense>[-lam<lam>][-w<weight>]``.
 
     Example:
         >>> default_out_dir("mnist5k", "smallcnn", "FGR+RS+AT-PGD").as_posix()
@@ -312,7 +293,6 @@ def default_out_dir(
         >>> default_out_dir("mnist5k", "smallcnn", "FGR", weight=20).as_posix()
         'results/train/mnist5k-smallcnn-fgr-w20'
     """
-    slug = resolve_defense_name(defense).lower().replace("+", "-")
     suffix = f"-lam{lam:g}" if lam is not None else ""
     suffix += f"-w{weight:g}" if weight is not None else ""
-    return Path(root) / f"{dataset}-{model}-{slug}{suffix}"
+    return Path(root) / slugify(f"{dataset}-{model}-{resolve_defense_name(defense)}{suffix}")

@@ -21,25 +21,12 @@ Convention:
     pixel-value units (:class:`~fgr_defense.transforms.Additive`). ``weight`` is therefore
     independent of the batch size.
 
-    **The paper's lambda.** The authors' code takes the gradient of the batch-*mean*
-    cross-entropy w.r.t. a flow ``u`` in normalized ``align_corners=True`` units and sums
-    its square over the whole batch. With ``u_x = v_x * 2/(W-1)`` (pixels ``v``),
-    :math:`\partial L/\partial u_x = \partial L/\partial v_x \cdot (W-1)/2` (``y`` uses
-    ``H``), and the mean over the batch divides each example's gradient by ``B``, so their
-    penalty is
-
-    .. math::
-        \sum_b \Big\| \frac{g_b}{B} \frac{W-1}{2} \Big\|_2^2
-        = \frac{1}{B^2}\Big(\frac{W-1}{2}\Big)^2 \sum_b \|g_b\|_2^2
-        = \frac{1}{B}\Big(\frac{W-1}{2}\Big)^2 R ,
-
-    i.e. ``weight = lam * ((W - 1) / 2) ** 2 / B`` (square images, ``H == W``). For IGR the
-    pixel factor is absent: ``weight = lam / B`` (assuming their IGR uses the same
-    batch-mean/sum-of-squares reduction). :func:`paper_lambda_to_weight` does this
-    conversion, :meth:`FGR.from_paper` / :meth:`IGR.from_paper` build regularizers from the
-    paper's numbers (``lam``, batch size, image size, ``sigma`` = 0.01 normalized).
-    Eq. (5) prints IGR with an unsquared norm; we use the square, as eq. (18) (whose special
-    case IGR is) and Ross & Doshi-Velez do.
+    **The paper's lambda** is converted by :func:`~fgr_defense.paper.paper_lambda_to_weight`
+    (``weight = lam * ((W - 1) / 2) ** 2 / B ** 2`` for flows, ``lam / B ** 2`` for IGR; the
+    derivation from the authors' code is in :mod:`fgr_defense.paper`); :meth:`FGR.from_paper`
+    / :meth:`IGR.from_paper` build regularizers from the paper's numbers. Eq. (5) prints IGR
+    with an unsquared norm; we use the square, as eq. (18) (whose special case IGR is) and
+    Ross & Doshi-Velez do.
 
     **Variants of FGR+RS** (``variant=``):
 
@@ -51,12 +38,21 @@ Convention:
       running statistics with each of the two batches separately). With ``sigma == 0``
       one forward serves both. (Concatenating ``[x, I(x, r)]`` into one batch was measured
       slower: the double backward then runs over ``2B`` examples.)
-    - ``"authors"`` follows the authors' public code: ``z = clamp(I(x, r), 0, 1)`` is
+    - ``"authors"`` follows the authors' public code: ``z = clamp(I_0(x, r), 0, 1)`` is
       computed once and detached, then the task loss *and* the flow gradient at zero flow
       are taken on ``z`` in one forward:
       :math:`L(z, y) + w\,\|\nabla_v L(I(z, v_0), y)\|_q^2`. The random flow acts as data
       augmentation of the task loss too, and the gradient is evaluated at the grid points
-      of ``z`` (zero flow) rather than at the shifted sample points of ``x``.
+      of ``z`` (zero flow) rather than at the shifted sample points of ``x``. Padding as in
+      their code: the random-start warp ``I_0`` reads zeros outside the image
+      (``F.grid_sample``'s default there, :meth:`Transform.random_start_images`); the penalty
+      uses the transform's padding (``"border"`` by default), the ``grid_sample`` mode
+      closest to their own sampler, whose indices are clamped to the image. The two agree
+      everywhere except on the first row and column, where ``grid_sample``'s border mode
+      has a zero derivative and their sampler the inward slope; and at zero flow every
+      sample sits on a pixel, where the derivative is one-sided and the side picked depends
+      on the last bit of the identity grid (both implementations pick the right-hand slope
+      when ``W - 1`` is a power of two).
 
     **Cost.** The gradient w.r.t. ``n`` is obtained by the chain rule,
     :math:`\nabla_n L = (\partial \tau / \partial n)^\top \nabla_{x'} L`: one forward on
@@ -71,17 +67,18 @@ Convention:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchattacks_deform.flow import normalized_to_pixels
+from torchattacks_deform.validation import check_choice, check_number
 
-from .transforms import Additive, Flow, Transform, check_image_batch
+from .constants import VARIANTS
+from .losses import LossFn, _check_q, check_logits, gradient_norm_sq, per_example_cross_entropy
+from .paper import ImageSize, paper_lambda_to_weight, paper_sigma_to_pixels
+from .penalty import RegularizerOutput, gradient_penalty
+from .transforms import Additive, Flow, Transform
 
 __all__ = [
     "FGR",
@@ -98,274 +95,9 @@ __all__ = [
     "per_example_cross_entropy",
 ]
 
-#: ``"paper"``: eq. (16) as printed; ``"authors"``: the authors' public code (see module doc).
-VARIANTS = ("paper", "authors")
 
-#: ``loss_fn(logits, targets) -> per-example losses (B,)``.
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-ImageSize = Union[int, "tuple[int, int]"]
-
-
-def check_logits(logits: Any, batch_size: int, name: str = "model output") -> None:
-    """Raise ``ValueError`` unless ``logits`` has the shape ``(batch_size, num_classes)`` of a classifier.
-
-    Example:
-        >>> check_logits(torch.zeros(4, 10), 4)
-        >>> check_logits(torch.zeros(4, 10, 2, 2), 4)
-        Traceback (most recent call last):
-        ...
-        ValueError: model output: expected classifier logits of shape (B, num_classes) = (4, K), got shape (4, 10, 2, 2)
-    """
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name}: expected a logits tensor, got {type(logits).__name__}")
-    if logits.dim() != 2 or logits.shape[0] != batch_size or logits.shape[1] < 1:
-        raise ValueError(
-            f"{name}: expected classifier logits of shape (B, num_classes) = ({batch_size}, K), "
-            f"got shape {tuple(logits.shape)}"
-        )
-
-
-def per_example_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy of each example, shape ``(B,)``, after checking the logits' shape.
-
-    Example:
-        >>> per_example_cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))
-        tensor([1.3863, 1.3863])
-    """
-    check_logits(logits, targets.shape[0] if isinstance(targets, Tensor) and targets.dim() > 0 else -1)
-    return F.cross_entropy(logits, targets, reduction="none")
-
-
-def gradient_norm_sq(grad: Tensor, q: float = 2.0) -> Tensor:
-    r"""Squared q-norm of each example's gradient, :math:`\|g_b\|_q^2`, shape ``(B,)``.
-
-    Convention:
-        The norm runs over all non-batch dimensions. ``q = 2`` is ``sum(g**2)`` (smooth at
-        zero), ``q = inf`` is ``max|g|**2``, other ``q >= 1`` use ``(sum |g|^q)^(2/q)``.
-
-    Example:
-        >>> g = torch.tensor([[3.0, -4.0], [1.0, 1.0]])
-        >>> gradient_norm_sq(g, 2), gradient_norm_sq(g, 1), gradient_norm_sq(g, float("inf"))
-        (tensor([25.,  2.]), tensor([49.,  4.]), tensor([16.,  1.]))
-    """
-    _check_q(q)
-    flat = grad.flatten(1)
-    if q == 2:
-        return flat.pow(2).sum(dim=1)
-    if math.isinf(q):
-        return flat.abs().amax(dim=1).pow(2)
-    if q == 1:
-        return flat.abs().sum(dim=1).pow(2)
-    total = flat.abs().pow(q).sum(dim=1)
-    return total.clamp_min(torch.finfo(total.dtype).tiny).pow(2.0 / q)
-
-
-def _check_q(q: Any) -> None:
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or math.isnan(q) or q < 1:
-        raise ValueError(f"q: expected a norm order >= 1 (or float('inf')), got {q!r}")
-
-
-def _check_number(value: Any, name: str, what: str = "a non-negative finite number") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    return float(value)
-
-
-def _square_size(image_size: ImageSize) -> int:
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        h = w = image_size
-    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        h, w = int(image_size[0]), int(image_size[1])
-    else:
-        raise TypeError(f"image_size: expected an int or (H, W), got {image_size!r}")
-    if h != w:
-        raise ValueError(
-            f"image_size: the paper's lambda maps onto one weight only for square images "
-            f"(x scales with W-1, y with H-1), got H={h}, W={w}"
-        )
-    if w < 2:
-        raise ValueError(f"image_size: expected >= 2 pixels, got {w}")
-    return w
-
-
-def paper_lambda_to_weight(
-    lam: float, batch_size: int, image_size: ImageSize | None = None, kind: str = "flow"
-) -> float:
-    r"""Convert the paper's/authors' ``lambda`` into this package's ``weight``.
-
-    ``kind="flow"`` (FGR, FGR+RS): ``weight = lam * ((W - 1) / 2) ** 2 / batch_size``;
-    ``kind="input"`` (IGR): ``weight = lam / batch_size``. See the module docstring for the
-    derivation (batch-mean loss, sum of squares over the batch, flow in normalized
-    ``align_corners=True`` units vs. our per-example mean of squared per-example pixel
-    gradients).
-
-    Args:
-        lam: the paper's lambda (e.g. FGR's 100, 400, 500, 1000; IGR's 1000 ... 7000).
-        batch_size: the batch size the lambda was tuned for (the paper: 256).
-        image_size: W of square images (or ``(H, W)`` with ``H == W``); needed for flows.
-        kind: ``"flow"`` or ``"input"``.
-
-    Example:
-        >>> paper_lambda_to_weight(100, 256, 32)  # CIFAR: 100 * 15.5**2 / 256
-        93.84765625
-        >>> paper_lambda_to_weight(1000, 256, kind="input")
-        3.90625
-    """
-    lam = _check_number(lam, "lam")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if kind == "input":
-        return lam / batch_size
-    if kind != "flow":
-        raise ValueError(f"kind: expected 'flow' or 'input', got {kind!r}")
-    if image_size is None:
-        raise ValueError("image_size: required for kind='flow' (the pixel/normalized factor (W-1)/2)")
-    w = _square_size(image_size)
-    return lam * ((w - 1) / 2.0) ** 2 / batch_size
-
-
-def paper_sigma_to_pixels(sigma_normalized: float, image_size: ImageSize) -> float:
-    """The paper's random-start std (normalized ``align_corners=True`` units) in pixels.
-
-    Example:
-        >>> round(paper_sigma_to_pixels(0.01, 28), 6)  # the paper's 0.01 on MNIST
-        0.135
-    """
-    sigma_normalized = _check_number(sigma_normalized, "sigma_normalized")
-    return float(normalized_to_pixels(sigma_normalized, _square_size(image_size), align_corners=True))
-
-
-@dataclass
-class RegularizerOutput:
-    """What :meth:`GradientRegularizer.compute` hands to the trainer.
-
-    Attributes:
-        penalty: ``weight * raw_penalty``, a scalar with its graph (add it to the task loss).
-        raw_penalty: the unweighted mean squared gradient norm ``R`` (with graph).
-        task_loss: mean task loss of the forward pass the regularizer made (clean ``x`` for
-            ``variant="paper"``, ``z`` for ``"authors"``), or None when it made none.
-        output: the logits of that forward pass, or None.
-        backpropagated: True when the ``backward`` callback of :func:`gradient_penalty` was
-            called on both terms (their gradients are already accumulated; every tensor of
-            the result is then detached).
-    """
-
-    penalty: Tensor
-    raw_penalty: Tensor
-    task_loss: Optional[Tensor] = None
-    output: Optional[Tensor] = None
-    backpropagated: bool = False
-
-
-def gradient_penalty(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    transform: Transform,
-    *,
-    sigma: float = 0.0,
-    q: float = 2.0,
-    variant: str = "paper",
-    loss_fn: LossFn | None = None,
-    generator: torch.Generator | None = None,
-    with_penalty: bool = True,
-    backward: Callable[[Tensor], None] | None = None,
-    backward_weight: float = 1.0,
-) -> RegularizerOutput:
-    r"""The unweighted eq. (18) penalty, the task loss and the logits, in as few passes as possible.
-
-    .. math::
-        R = \frac{1}{B}\sum_b \|\nabla_{n_b} \ell_b(\tau(x, n_0 + r), y)\|_q^2,
-        \quad r \sim \mathcal{N}(0, \sigma^2)
-
-    (``variant="authors"``: evaluated at ``n0`` on ``z = clamp(tau(x, n0 + r), 0, 1)``, and
-    the task loss on ``z``). ``penalty`` and ``raw_penalty`` of the result are both ``R``.
-
-    Convention:
-        ``r = sigma * torch.randn(n0.shape)`` from ``generator`` (or the default generator),
-        drawn once per call, before any forward pass. Inputs are never modified in place.
-
-    Args:
-        model: any classifier ``(B, C, H, W) -> (B, K)``.
-        x: images ``(B, C, H, W)``.
-        y: targets ``(B,)``.
-        transform: the modification function (:mod:`fgr_defense.transforms`).
-        sigma: random-start std in the units of ``n`` (pixels for flows); 0 disables it.
-        q: norm order of the gradient (the paper: 2).
-        variant: ``"paper"`` or ``"authors"``.
-        loss_fn: per-example loss ``(logits, y) -> (B,)``; default cross-entropy.
-        generator: random generator for the random start.
-        with_penalty: False skips the gradient (``R = 0``; the task loss is still computed).
-        backward: optional ``loss -> None`` (e.g. ``Tensor.backward``). When the task loss
-            needs a *separate* clean forward pass (``variant="paper"`` with ``sigma > 0``),
-            it is called on ``backward_weight * R`` as soon as ``R`` is computed and then on
-            the task loss, so that the penalty's double-backprop graph is freed before the
-            clean pass builds its graph: the peak memory is that of the larger pass, not of
-            both. Same values and gradients (summed in another order). Ignored (never called)
-            when the task loss shares the penalty's forward.
-        backward_weight: the factor of ``R`` passed to ``backward`` (the regularizer's weight).
-
-    Returns:
-        :class:`RegularizerOutput` with ``task_loss`` and ``output`` always set.
-
-    Example:
-        >>> from fgr_defense.transforms import Flow
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
-        >>> out = gradient_penalty(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 2]), Flow())
-        >>> out.raw_penalty.shape, out.output.shape, out.raw_penalty.requires_grad
-        (torch.Size([]), torch.Size([2, 3]), True)
-    """
-    check_image_batch(x)
-    if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"y: expected {x.shape[0]} targets (one per image), got {got}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-    sigma = _check_number(sigma, "sigma")
-    loss_fn = loss_fn or per_example_cross_entropy
-    x = x.detach()
-    n0 = transform.identity(x)
-    n = n0 + transform.random_start(n0, sigma, generator) if sigma > 0 else n0
-
-    if variant == "authors":
-        base = transform.apply(x, n).clamp(0.0, 1.0).detach() if sigma > 0 else x
-        point = n0 if sigma > 0 else n
-        shared = True  # the task loss is taken on ``base`` = z, in the penalty's forward
-    else:
-        base, point = x, n
-        shared = sigma == 0  # at n0 the modified batch is x itself: one forward for both
-
-    if not with_penalty:
-        output = model(base)
-        task = loss_fn(output, y).mean()
-        zero = task.new_zeros(())
-        return RegularizerOutput(zero, zero, task, output)
-
-    x_mod, pullback = transform.linearize(base, point)
-    if point is n0:  # tau(x, n0) == x by the contract of Transform.identity: use x itself
-        x_mod = base
-    x_mod = x_mod.detach().requires_grad_(True)
-    with torch.enable_grad():
-        # The penalty's pass first, then (eq. 16) the separate clean pass for the task loss.
-        mod_out = model(x_mod)
-        losses = loss_fn(mod_out, y)
-        (grad_x,) = torch.autograd.grad(losses.sum(), x_mod, create_graph=True)
-        grad_n = pullback(grad_x)
-        raw = gradient_norm_sq(grad_n, q).mean()
-        if shared:
-            return RegularizerOutput(raw, raw, losses.mean(), mod_out)
-        if backward is not None:  # free the penalty's double-backprop graph before the clean pass
-            backward(raw * backward_weight)
-            raw, mod_out = raw.detach(), mod_out.detach()
-        output = model(x)
-        task = loss_fn(output, y).mean()
-        if backward is not None:
-            backward(task)
-            return RegularizerOutput(raw, raw, task.detach(), output.detach(), backpropagated=True)
-    return RegularizerOutput(raw, raw, task, output)
+def _non_negative(value: Any, name: str) -> float:
+    return float(check_number(value, name, minimum=0))
 
 
 class GradientRegularizer:
@@ -373,9 +105,12 @@ class GradientRegularizer:
 
     Args:
         transform: a :class:`~fgr_defense.transforms.Transform` (Table 2).
-        weight: penalty weight in this package's normalization (module docstring); >= 0.
-        sigma: random-start std in the units of ``n`` (pixels for flows); 0 disables it.
-        q: norm order of the gradient (the paper: 2).
+        weight: penalty weight in this package's normalization (module docstring); a
+            finite number >= 0.
+        sigma: random-start std in the units of ``n`` (pixels for flows); finite, >= 0;
+            0 disables it.
+        q: norm order of the gradient: a finite number >= 1 (the paper: 2), or
+            ``float("inf")`` for the L-inf norm.
         variant: ``"paper"`` (eq. (16)/(18) as printed, default) or ``"authors"`` (module doc).
         generator: random generator of the random start (default: the global one).
 
@@ -386,7 +121,8 @@ class GradientRegularizer:
         logits instead of its own forward pass).
 
     Raises:
-        TypeError, ValueError: bad ``transform``, ``weight``, ``sigma``, ``q`` or ``variant``.
+        TypeError, ValueError: bad ``transform``, ``weight``, ``sigma``, ``q``, ``variant``
+            or ``generator`` (NaN and infinite numbers are refused, except ``q = inf``).
 
     Example:
         >>> from fgr_defense.transforms import Additive
@@ -413,14 +149,13 @@ class GradientRegularizer:
             raise TypeError(
                 f"transform: expected a fgr_defense.transforms.Transform, got {type(transform).__name__}"
             )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         self.transform = transform
-        self.weight = _check_number(weight, "weight")
-        self.sigma = _check_number(sigma, "sigma")
-        _check_q(q)
-        self.q = float(q)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-        self.variant = variant
+        self.weight = _non_negative(weight, "weight")
+        self.sigma = _non_negative(sigma, "sigma")
+        self.q = _check_q(q)
+        self.variant = check_choice(variant, "variant", VARIANTS)
         self.generator = generator
 
     def compute(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | None = None,
@@ -485,11 +220,16 @@ class IGR(GradientRegularizer):
 
     @classmethod
     def from_paper(cls, lam: float, batch_size: int = 256, **kwargs: Any) -> IGR:
-        """IGR with the paper's/authors' lambda (``weight = lam / batch_size``).
+        """IGR with the paper's lambda: ``weight = lam / batch_size ** 2``.
+
+        Convention:
+            The authors publish no IGR code; the reduction of their FGR code (gradient of the
+            batch-mean loss, per-example squared norms averaged over the batch) is assumed by
+            analogy, without FGR's pixel factor (see :func:`paper_lambda_to_weight`).
 
         Example:
             >>> IGR.from_paper(1000, 256).weight
-            3.90625
+            0.0152587890625
         """
         return cls(paper_lambda_to_weight(lam, batch_size, kind="input"), **kwargs)
 
@@ -511,10 +251,12 @@ class FGR(GradientRegularizer):
             :meth:`from_paper` or :func:`paper_lambda_to_weight`.
         sigma: random-start std in **pixels** (the paper's 0.01 normalized is
             :func:`paper_sigma_to_pixels`); 0 = plain FGR.
-        q: norm order of the flow gradient (the paper: 2).
+        q: norm order of the flow gradient (the paper: 2; ``float("inf")``: L-inf).
         variant: ``"paper"`` (eq. (16), default) or ``"authors"`` (their code: task loss and
-            zero-flow gradient on ``z = clamp(I(x, r), 0, 1)``, one forward).
-        padding_mode: padding of :func:`~torchattacks_deform.flow.warp`.
+            zero-flow gradient on ``z = clamp(I_0(x, r), 0, 1)``, one forward; ``I_0`` warps
+            with zeros padding, the penalty with ``padding_mode``; module docstring).
+        padding_mode: padding of :func:`~torchattacks_deform.flow.warp` for the penalty:
+            ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
         generator: random generator of the random start.
 
     Example:
@@ -547,13 +289,15 @@ class FGR(GradientRegularizer):
     ) -> FGR:
         """FGR from the paper's numbers: ``lam`` and ``sigma`` in the authors' convention.
 
-        ``weight = lam * ((W - 1) / 2) ** 2 / batch_size`` and
-        ``sigma = sigma_normalized * (W - 1) / 2`` pixels.
+        Convention:
+            ``weight = lam * ((W - 1) / 2) ** 2 / batch_size ** 2`` and
+            ``sigma = sigma_normalized * (W - 1) / 2`` pixels (derivation in the module
+            docstring; ``batch_size`` is the batch the lambda was tuned with).
 
         Example:
             >>> reg = FGR.from_paper(100, batch_size=256, image_size=28, sigma_normalized=0.01)
             >>> round(reg.weight, 4), round(reg.sigma, 4)
-            (71.1914, 0.135)
+            (0.2781, 0.135)
         """
         weight = paper_lambda_to_weight(lam, batch_size, image_size, kind="flow")
         return cls(weight, sigma=paper_sigma_to_pixels(sigma_normalized, image_size), **kwargs)

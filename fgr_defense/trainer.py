@@ -16,94 +16,57 @@ classifier with any optimizer on any ``DataLoader`` of ``(images, labels)`` batc
   ``L(x_adv) + weight * R(x_adv)``.
 
 Convention:
-    **Checkpoints and logs** (``out_dir``):
+    - **Files** (``out_dir``): ``model.pt`` (weights + trainer state, every epoch and every
+      ``checkpoint_every`` steps, never with NaN/inf weights), ``log.json`` (one record per
+      epoch) and, with ``keep_best``, ``best.pt``: formats in :mod:`fgr_defense.trainer_io`.
+    - **Determinism, resume, batch norm**: :mod:`fgr_defense.trainer_loop` (per-step seeds
+      from :func:`~fgr_defense.naming.derive_seed`; a resumed run takes the same steps; a
+      batch of one example is dropped for batch-norm models).
 
-    - ``out_dir/model.pt``: :func:`fgr_defense.checkpoint.save_model` format (loadable with
-      ``load_model`` / ``torch.load(weights_only=True)``) plus ``"trainer"``: optimizer and
-      scheduler state, ``epoch`` (completed epochs), ``step_in_epoch``, ``global_step``
-      (optimizer steps), ``seed``, ``history`` (one record per completed epoch) and the
-      running sums of the current epoch. ``meta`` holds ``epoch``, ``global_step``,
-      ``complete`` and the last epoch's metrics plus whatever the caller put there. Written
-      atomically (temporary file + rename) at the end of every epoch and every
-      ``checkpoint_every`` optimizer steps; a crash leaves the previous file intact.
-    - ``out_dir/log.json``: ``{"format": "deform-robust-log/1", "meta": {...},
-      "epochs": [record, ...]}``, rewritten atomically from the checkpoint's history after
-      every epoch, so a resumed run neither loses nor duplicates epochs. A record has
-      ``epoch`` (1-based), ``global_step``, ``steps``, ``lr``, ``train_loss``,
-      ``train_task_loss``, ``train_reg_loss``, ``train_acc``, ``time_s`` and, with a
-      validation loader, ``val_loss``, ``val_acc``.
-
-    **Determinism and resume.** Before creating each epoch's iterator and before fetching
-    each batch, the trainer seeds ``torch``, ``random`` and ``numpy`` with a seed derived
-    from ``(seed, epoch, step, rank)``. A resumed run re-creates the epoch's iterator, skips
-    (fetches and drops) the batches already done and continues with the same random numbers,
-    so an interrupted-and-resumed run takes the same optimizer steps as an uninterrupted
-    one (bit for bit on CPU with a deterministic loader). ``fit(loader, epochs)`` trains up
-    to ``epochs`` epochs in total.
-
-    **Distributed.** Under ``torchrun`` (or an initialized process group) the model is
-    wrapped in ``DistributedDataParallel`` and the training loader gets a
-    ``DistributedSampler`` (its ``batch_size`` is per process); metrics are summed over
-    processes; rank 0 writes checkpoints and logs; ``evaluate`` runs the full loader on every
-    rank.
+    - **Distributed.** Under ``torchrun`` (or an initialized process group) the model is
+      wrapped in ``DistributedDataParallel`` and the training loader gets a
+      ``DistributedSampler`` (its ``batch_size`` is per process); metrics are summed over
+      processes; rank 0 writes checkpoints and logs; ``evaluate`` runs the full loader on
+      every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
-import random
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from .checkpoint import atomic_write_text, load_checkpoint, save_model
-from .distributed import DistContext, all_reduce_sum, distributed_loader, init_distributed
+from torchattacks_deform.validation import check_bool, check_choice, check_labels, check_number
+
+from .checkpoint import load_checkpoint
+from .device import resolve_device
+from .distributed import DistContext, all_reduce_sum, init_distributed
 from .regularizers import GradientRegularizer, LossFn, check_logits, per_example_cross_entropy
+from .trainer_io import (
+    ACCUM_KEYS,
+    LOG_FORMAT,
+    NonFiniteLossError,
+    check_trainer_state,
+    load_weights,
+)
+from .trainer_loop import EpochLoopMixin, split_batch
 
 __all__ = ["LOG_FORMAT", "NonFiniteLossError", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "deform-robust-log/1"
-_STATE_VERSION = 1
-_ACCUM_KEYS = ("loss", "task_loss", "reg_loss", "correct", "count", "time_s")
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN/inf; the optimizer step was skipped and training stopped."""
-
-
-def _derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict) and "image" in batch and "label" in batch:
-        return batch["image"], batch["label"]
-    raise TypeError(
-        f"batch: expected (images, labels) from the DataLoader, got {type(batch).__name__}"
-    )
-
-
-class Trainer:
+class Trainer(EpochLoopMixin):
     """Train a classifier with an optional gradient regularizer and/or adversary.
 
     Args:
@@ -114,10 +77,11 @@ class Trainer:
         adversary: None, a ``torchattacks`` attack (``torchattacks.PGD(model, eps=0.1,
             steps=7)``), a flow attack, or a callable ``(x, y) -> x_adv``.
         scheduler: an LR scheduler, stepped every epoch (or step, see ``scheduler_interval``).
-        device: where to train; default: the process's CUDA device under torchrun, else
-            ``"cuda"`` when available, else ``"cpu"``. The model is moved there.
+        device: where to train (:func:`~fgr_defense.device.resolve_device`: None or
+            ``"auto"`` is ``cuda:LOCAL_RANK`` when available, else ``"cpu"``); under
+            torchrun, the process's device. The model is moved there.
         loss_fn: per-example loss ``(logits, y) -> (B,)``; default cross-entropy.
-        grad_clip: clip the global gradient norm to this value before each step.
+        grad_clip: clip the global gradient norm to this value (finite, > 0) before each step.
         seed: seed of all randomness during ``fit`` (a random one is drawn and logged if None).
         progress: show a tqdm progress bar (rank 0 only).
         out_dir: folder of ``model.pt`` and ``log.json`` (module docstring); None: no files.
@@ -141,6 +105,9 @@ class Trainer:
             standard step. Same values, gradients equal up to the summation order (float
             rounding). Not used under ``torch.distributed`` (DDP reduces gradients once per
             backward).
+        keep_best: after every epoch with a validation loader, write ``out_dir/best.pt`` when
+            ``val_acc`` strictly improves (:mod:`fgr_defense.trainer_io`); needs ``out_dir`` and a
+            ``val_loader`` in :meth:`fit`.
 
     Raises:
         TypeError, ValueError: invalid arguments (the message names the argument).
@@ -177,6 +144,7 @@ class Trainer:
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         split_backward: bool = True,
+        keep_best: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -186,31 +154,23 @@ class Trainer:
             raise TypeError(f"regularizer: expected a regularizer object or callable, got {type(regularizer).__name__}")
         if adversary is not None and not callable(adversary):
             raise TypeError(f"adversary: expected an attack (callable (x, y) -> x_adv), got {type(adversary).__name__}")
-        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
-                                      or not grad_clip > 0 or not math.isfinite(grad_clip)):
-            raise ValueError(f"grad_clip: expected a positive finite number or None, got {grad_clip!r}")
-        if checkpoint_every is not None and (isinstance(checkpoint_every, bool)
-                                             or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-            raise ValueError(f"checkpoint_every: expected a positive int (optimizer steps) or None, got {checkpoint_every!r}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
+        check_number(grad_clip, "grad_clip", minimum=0, exclusive_minimum=True, allow_none=True)
+        check_number(checkpoint_every, "checkpoint_every", integer=True, minimum=1, allow_none=True)
+        check_choice(scheduler_interval, "scheduler_interval", ("epoch", "step"))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
         if autocast_dtype not in (None, torch.bfloat16):
             raise ValueError(f"autocast_dtype: expected None or torch.bfloat16, got {autocast_dtype!r}")
-        if not isinstance(channels_last, bool):
-            raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+        check_bool(channels_last, "channels_last")
+        check_bool(keep_best, "keep_best")
+        if keep_best and out_dir is None:
+            raise ValueError("keep_best: True writes out_dir/best.pt, but out_dir is None; pass out_dir")
         if checkpoint_every is not None and out_dir is None:
             warnings.warn("checkpoint_every is set but out_dir is None: no checkpoints will be written",
                           stacklevel=2)
 
         self.ctx: DistContext | None = init_distributed() if distributed is not False else None
-        if self.ctx is not None:
-            self.device = self.ctx.device
-        elif device is not None:
-            self.device = torch.device(device)
-        else:
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = self.ctx.device if self.ctx is not None else resolve_device(device)
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
         self.split_backward = bool(split_backward)
@@ -233,7 +193,7 @@ class Trainer:
         self.loss_fn: LossFn = loss_fn or per_example_cross_entropy
         self.grad_clip = float(grad_clip) if grad_clip is not None else None
         if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
+            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
             logger.info("no seed given; using seed %d", seed)
         self.seed = int(seed)
         self.progress = progress
@@ -241,24 +201,27 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.arch = dict(arch) if arch is not None else None
         self.meta: dict[str, Any] = dict(meta or {})
+        self.keep_best = keep_best
+        self.best: dict[str, Any] | None = None
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self._accum = dict.fromkeys(_ACCUM_KEYS, 0.0)
+        self._accum = dict.fromkeys(ACCUM_KEYS, 0.0)
         self._target_epochs: int | None = None
         self._last_stats: Tensor | None = None
+        self._last_checkpoint: dict[str, Any] | None = None
+        self._num_classes: int | None = None
+        self._batchnorm = _has_batchnorm(self.module)
         if self.ctx is not None and self.ctx.is_main:
             logger.info("distributed training on %d processes", self.ctx.world_size)
 
     # ------------------------------------------------------------------ one step
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0 (or without distributed training)."""
-        return self.ctx is None or self.ctx.is_main
-
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         check_logits(logits, y.shape[0])
+        if logits.shape[1] != self._num_classes:  # the first logits: check the labels' range once here
+            check_labels(y, y.shape[0], num_classes=logits.shape[1])
+            self._num_classes = int(logits.shape[1])
         losses = self.loss_fn(logits, y)
         if not isinstance(losses, Tensor) or losses.shape != (y.shape[0],):
             got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
@@ -267,12 +230,11 @@ class Trainer:
         return losses
 
     def _to_device(self, x: Any, y: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0:
             raise TypeError(f"x: expected a floating-point tensor batch, got "
                             f"{type(x).__name__}{' of dtype ' + str(x.dtype) if isinstance(x, Tensor) else ''}")
-        if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
-            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"y: expected {x.shape[0]} labels (one per example), got {got}")
+        # Before the transfer (no device sync for CPU labels); the class range once it is known.
+        check_labels(y, x.shape[0], num_classes=self._num_classes)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _attack(self, x: Tensor, y: Tensor) -> Tensor:
@@ -280,6 +242,9 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()  # batch norm / dropout in inference mode while crafting the attack
         try:
+            if self._num_classes is None:  # check the labels before the attack uses them
+                with torch.no_grad():
+                    self._loss(self.module(x), y)
             with torch.enable_grad():
                 x_adv = self.adversary(x, y)
         finally:
@@ -297,7 +262,10 @@ class Trainer:
         are not modified.
 
         Raises:
-            NonFiniteLossError: the loss is NaN/inf (the step is skipped, gradients cleared).
+            ValueError: ``labels`` are not class indices of the model (negative, e.g. the
+                ignore index -100, or >= the number of logits).
+            NonFiniteLossError: the loss or the gradient is NaN/inf (the step is skipped,
+                the gradients cleared).
         """
         x, y = self._to_device(x, y)
         self.model.train()
@@ -337,6 +305,7 @@ class Trainer:
         self._check_finite(loss, task, reg_loss, output, y)
         if not done:
             loss.backward()
+        self._check_gradients(loss)
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -355,6 +324,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _stop(self, what: str, detail: str, advice: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        msg = (f"{what} at {self._where()} ({detail}). The optimizer step was skipped, the gradients "
+               f"cleared and training stopped; {self._kept_message()}. {advice}")
+        logger.error(msg)
+        raise NonFiniteLossError(msg)
+
     def _check_finite(self, loss: Tensor, task: Tensor, reg: Tensor, output: Tensor, y: Tensor) -> None:
         n = float(y.shape[0])
         correct = (output.detach().argmax(dim=1) == y).sum().to(loss.dtype)
@@ -363,15 +339,18 @@ class Trainer:
         stats = all_reduce_sum(stats)  # global sums; NaN on any rank is NaN on all ranks
         self._last_stats = stats
         if not bool(torch.isfinite(stats[0])):
-            self.optimizer.zero_grad(set_to_none=True)
-            where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
-            kept = (f"; the last good checkpoint is kept at {str(self.out_dir / 'model.pt')!r}"
-                    if self.out_dir is not None else "")
-            msg = (f"loss is not finite at {where}: task_loss={float(task.detach()):.4g}, reg_loss={float(reg.detach()):.4g}. "
-                   f"The optimizer step was skipped and training stopped{kept}. Lower the learning "
-                   "rate or the regularizer weight, or set grad_clip.")
-            logger.error(msg)
-            raise NonFiniteLossError(msg)
+            self._stop("loss is not finite",
+                       f"task_loss={float(task.detach()):.4g}, reg_loss={float(reg.detach()):.4g}",
+                       "Lower the learning rate or the regularizer weight, or set grad_clip.")
+
+    def _check_gradients(self, loss: Tensor) -> None:
+        """Refuse a step whose gradient is NaN/inf although the loss is finite (DDP: same on all ranks)."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self._stop("the gradient is not finite although the loss is",
+                       f"loss={float(loss.detach()):.4g}",
+                       "Look for operations without a finite derivative in the model or loss (sqrt or "
+                       "log at 0, division by 0), or lower the learning rate or regularizer weight.")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -387,14 +366,19 @@ class Trainer:
 
         Returns:
             ``{"loss": float, "acc": float, "n": int}``.
+
+        Raises:
+            ValueError: an empty loader, or ``labels`` that are not class indices of the model.
         """
         was_training = self.module.training
         self.module.eval()
         loss_sum, correct, count = 0.0, 0, 0
         try:
             for batch in loader:
-                x, y = self._to_device(*_split_batch(batch))
+                x, y = self._to_device(*split_batch(batch))
                 if attack is not None:
+                    if self._num_classes is None:
+                        self._loss(self._eval_forward(x), y)
                     with torch.enable_grad():
                         x = attack(x, y).detach()
                 out = self._eval_forward(x)
@@ -407,195 +391,7 @@ class Trainer:
             raise ValueError("loader: expected at least one batch to evaluate, got an empty loader")
         return {"loss": loss_sum / count, "acc": correct / count, "n": count}
 
-    # ------------------------------------------------------------------ fit
-    def _seed_step(self, epoch: int, step: int) -> None:
-        rank = self.ctx.rank if self.ctx is not None else 0
-        _seed_all(_derive_seed(self.seed, epoch, step + 1, rank))
-
-    def fit(self, train_loader: Any, epochs: int, val_loader: Any | None = None) -> list[dict[str, Any]]:
-        """Train until ``epochs`` epochs are complete in total; returns the history.
-
-        Continues a resumed run where it stopped (skipping the batches already done).
-        Writes ``out_dir/model.pt`` and ``out_dir/log.json`` after every epoch (and
-        ``model.pt`` every ``checkpoint_every`` steps).
-
-        Raises:
-            NonFiniteLossError: NaN/inf loss (the last good checkpoint is kept).
-            ValueError: ``epochs`` is not a non-negative int, or the loader changed length.
-        """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative int (total epochs), got {epochs!r}")
-        self._target_epochs = epochs
-        if self.ctx is not None:
-            if isinstance(train_loader, DataLoader):
-                train_loader = distributed_loader(train_loader, self.ctx, seed=self.seed)
-            else:
-                warnings.warn("train_loader is not a torch DataLoader: it is not sharded, every process "
-                              "trains on all of its batches", stacklevel=2)
-        if self.epoch >= epochs:
-            logger.info("already trained %d of %d epochs; nothing to do", self.epoch, epochs)
-            return self.history
-        for epoch in range(self.epoch, epochs):
-            self._run_epoch(train_loader, epoch, epochs)
-            record = self._finish_epoch(epoch, val_loader)
-            if self.is_main:
-                logger.info("epoch %d/%d: %s", epoch + 1, epochs,
-                            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in record.items() if k != "epoch"))
-        return self.history
-
-    def _run_epoch(self, loader: Any, epoch: int, epochs: int) -> None:
-        from tqdm.auto import tqdm
-
-        self._seed_step(epoch, -1)
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        try:
-            total: int | None = len(loader)
-        except TypeError:
-            total = None
-        it: Iterator[Any] = iter(loader)
-        start = self.step_in_epoch
-        for done in range(start):  # skip the batches already done, with the same seeds
-            self._seed_step(epoch, done)
-            try:
-                next(it)
-            except StopIteration:
-                raise ValueError(
-                    f"train_loader: the checkpoint has {start} batches done in epoch {epoch + 1}, "
-                    f"but the loader now has only {done}; resume with the same data and batch size"
-                ) from None
-        bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=not (self.progress and self.is_main), leave=False, dynamic_ncols=True)
-        tick = time.perf_counter()
-        try:
-            step = start
-            while True:
-                self._seed_step(epoch, step)
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    break
-                x, y = _split_batch(batch)
-                self.train_step(x, y)
-                assert self._last_stats is not None
-                s = self._last_stats.tolist()
-                for key, value in zip(_ACCUM_KEYS, s):
-                    self._accum[key] += value
-                now = time.perf_counter()
-                self._accum["time_s"] += now - tick
-                tick = now
-                self.step_in_epoch = step = step + 1
-                count = max(self._accum["count"], 1.0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{self._accum['loss'] / count:.4f}",
-                                acc=f"{self._accum['correct'] / count:.3f}", refresh=False)
-                if self.checkpoint_every is not None and self.global_step % self.checkpoint_every == 0:
-                    self._write_checkpoint()
-        finally:
-            bar.close()
-
-    def _finish_epoch(self, epoch: int, val_loader: Any | None) -> dict[str, Any]:
-        acc = self._accum
-        count = acc["count"]
-        if count == 0:
-            raise ValueError("train_loader: expected at least one batch per epoch, got none")
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "global_step": self.global_step,
-            "steps": self.step_in_epoch,
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
-            "train_loss": acc["loss"] / count,
-            "train_task_loss": acc["task_loss"] / count,
-            "train_reg_loss": acc["reg_loss"] / count,
-            "train_acc": acc["correct"] / count,
-            "time_s": acc["time_s"],
-        }
-        if self.scheduler is not None and self.scheduler_interval == "epoch":
-            self.scheduler.step()
-        if val_loader is not None:
-            val = self.evaluate(val_loader)
-            record.update({"val_loss": val["loss"], "val_acc": val["acc"]})
-        self.history.append(record)
-        self.epoch = epoch + 1
-        self.step_in_epoch = 0
-        self._accum = dict.fromkeys(_ACCUM_KEYS, 0.0)
-        self._write_checkpoint()
-        self._write_log()
-        return record
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume (weights_only-loadable): optimizer, scheduler, counters, history."""
-        return {
-            "version": _STATE_VERSION,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "seed": self.seed,
-            "world_size": self.ctx.world_size if self.ctx is not None else 1,
-            "history": [dict(r) for r in self.history],
-            "accum": dict(self._accum),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the weights are restored by :meth:`load`)."""
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"state: expected a Trainer state of version {_STATE_VERSION}, got "
-                             f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        self.seed = int(state["seed"])
-        self.history = [dict(r) for r in state["history"]]
-        self._accum = {k: float(state["accum"].get(k, 0.0)) for k in _ACCUM_KEYS}
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            if state.get("scheduler") is None:
-                warnings.warn("scheduler: the checkpoint has no scheduler state; the scheduler starts fresh",
-                              stacklevel=2)
-            else:
-                self.scheduler.load_state_dict(state["scheduler"])
-        world = self.ctx.world_size if self.ctx is not None else 1
-        if int(state.get("world_size", 1)) != world:
-            warnings.warn(f"resuming a run of world size {state.get('world_size')} on {world} process(es): "
-                          "the remaining batches of the current epoch will differ", stacklevel=2)
-
-    def _checkpoint_meta(self) -> dict[str, Any]:
-        meta = dict(self.meta)
-        cfg = getattr(self.regularizer, "config", None)
-        meta.update({
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "complete": self._target_epochs is not None and self.epoch >= self._target_epochs
-                        and self.step_in_epoch == 0,
-            "metrics": dict(self.history[-1]) if self.history else {},
-            "regularizer": cfg() if callable(cfg) else (repr(self.regularizer) if self.regularizer else None),
-            "adversary": repr(self.adversary).splitlines()[0] if self.adversary is not None else None,
-        })
-        return meta
-
-    def save(self, path: str | Path) -> None:
-        """Write a checkpoint (weights + trainer state) atomically to ``path`` (rank 0 only)."""
-        if not self.is_main:
-            return
-        save_model(self.module, path, self.arch, self._checkpoint_meta(), extra={"trainer": self.state_dict()})
-        logger.debug("checkpoint: %s (epoch %d, step %d)", path, self.epoch, self.step_in_epoch)
-
-    def load(self, path: str | Path) -> None:
-        """Load weights and trainer state from a checkpoint written by :meth:`save`."""
-        obj = load_checkpoint(path, map_location="cpu")
-        if "trainer" not in obj:
-            raise ValueError(f"checkpoint: {str(path)!r} has no trainer state (not written by Trainer.save)")
-        self.module.load_state_dict(obj["state_dict"])
-        self.load_state_dict(obj["trainer"])
-        if self.is_main:
-            logger.info("resumed from %s: epoch %d, step %d in epoch, global step %d",
-                        path, self.epoch, self.step_in_epoch, self.global_step)
-
+    # ------------------------------------------------------------------ resume
     @classmethod
     def resume(cls, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Trainer:
         """A Trainer restored from a checkpoint: ``Trainer.resume(path, model, optimizer, **same_kwargs)``.
@@ -603,24 +399,15 @@ class Trainer:
         ``model`` and ``optimizer`` must be built as for the original run (weights and
         optimizer state are loaded into them); pass the same scheduler, regularizer and
         adversary. Then call :meth:`fit` with the same loaders and total ``epochs``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: an unreadable checkpoint, one without trainer state, or weights that
+                do not fit ``model`` (the message names the problem).
         """
         obj = load_checkpoint(path, map_location="cpu")
-        model.load_state_dict(obj["state_dict"])  # before a DDP wrapper broadcasts rank 0's weights
+        check_trainer_state(obj.get("trainer"), path)
+        load_weights(model, obj, path)  # before a DDP wrapper broadcasts rank 0's weights
         trainer = cls(model, optimizer, **kwargs)
-        if "trainer" not in obj:
-            raise ValueError(f"checkpoint: {str(path)!r} has no trainer state (not written by Trainer.save)")
-        trainer.load_state_dict(obj["trainer"])
-        if trainer.is_main:
-            logger.info("resumed from %s: epoch %d, step %d in epoch, global step %d",
-                        path, trainer.epoch, trainer.step_in_epoch, trainer.global_step)
+        trainer._restore(obj, path)
         return trainer
-
-    def _write_checkpoint(self) -> None:
-        if self.out_dir is not None:
-            self.save(self.out_dir / "model.pt")
-
-    def _write_log(self) -> None:
-        if self.out_dir is None or not self.is_main:
-            return
-        log = {"format": LOG_FORMAT, "meta": self._checkpoint_meta(), "epochs": self.history}
-        atomic_write_text(self.out_dir / "log.json", json.dumps(log, indent=2, default=str) + "\n")

@@ -36,8 +36,12 @@ import torch
 from torch import Tensor
 
 from torchattacks_deform.flow import flow_to_pixels, warp
+from torchattacks_deform.validation import check_choice, check_number
+
+from .transform_base import PADDING_MODES, Transform, check_image_batch
 
 __all__ = [
+    "PADDING_MODES",
     "TRANSFORMS",
     "Additive",
     "Affine",
@@ -49,76 +53,6 @@ __all__ = [
     "build_transform",
     "check_image_batch",
 ]
-
-
-def check_image_batch(x: Any, name: str = "x") -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``x`` is a non-empty float ``(B, C, H, W)`` batch.
-
-    Example:
-        >>> check_image_batch(torch.rand(2, 1, 4, 4))
-        >>> check_image_batch(torch.rand(4, 4))
-        Traceback (most recent call last):
-        ...
-        ValueError: x: expected an image batch of shape (B, C, H, W), got shape (4, 4)
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"{name}: expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
-
-
-class Transform:
-    r"""Base class of the modification functions :math:`\tau(x, n)` of eq. (18).
-
-    Subclasses implement :meth:`identity` and :meth:`apply`; :meth:`vjp` defaults to autograd
-    through :meth:`apply` (with ``create_graph=True``) and may be overridden with a closed form.
-
-    Convention:
-        ``n`` has a leading batch dimension; the random start of a regularizer is
-        ``r ~ N(0, sigma^2)`` element-wise in the units of ``n`` (:meth:`random_start`).
-    """
-
-    name = "transform"
-
-    def identity(self, x: Tensor) -> Tensor:
-        """The parameter :math:`n_0` with ``apply(x, n0) == x`` (no gradient attached)."""
-        raise NotImplementedError
-
-    def apply(self, x: Tensor, n: Tensor) -> Tensor:
-        r""":math:`\tau(x, n)`, differentiable in ``n``."""
-        raise NotImplementedError
-
-    def vjp(self, x: Tensor, n: Tensor, grad_output: Tensor) -> Tensor:
-        r"""Gradient of :math:`\langle \tau(x, n), g \rangle` w.r.t. ``n``, differentiable in ``g``."""
-        n_ = n.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.apply(x.detach(), n_)
-            (grad,) = torch.autograd.grad(out, n_, grad_outputs=grad_output, create_graph=True)
-        return grad
-
-    def linearize(self, x: Tensor, n: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        r"""``(tau(x, n)`` detached, ``g -> vjp(x, n, g))``: the modified batch and its pullback.
-
-        The regularizers call this once per step; subclasses may share work between the two
-        (:class:`Flow` gets both from one ``grid_sample`` forward and backward).
-        """
-        with torch.no_grad():
-            out = self.apply(x, n)
-        return out, lambda grad_output: self.vjp(x, n, grad_output)
-
-    def random_start(self, n0: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
-        """``r = sigma * N(0, 1)`` with the shape, dtype and device of ``n0``.
-
-        Drawn with ``torch.randn`` from ``generator`` (the default generator of ``n0``'s device
-        when None), so that a test can reproduce it after re-seeding.
-        """
-        noise = torch.randn(n0.shape, generator=generator, dtype=n0.dtype, device=n0.device)
-        return noise * sigma
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class Additive(Transform):
@@ -188,6 +122,7 @@ class MaskedAdditive(Transform):
 
     Raises:
         TypeError: ``mask`` is not a floating-point tensor.
+        ValueError: ``mask`` has NaN or infinite values.
 
     Example:
         >>> t = MaskedAdditive.patch(4, 4, top=1, left=1, size=2)
@@ -205,11 +140,15 @@ class MaskedAdditive(Transform):
         if not isinstance(mask, Tensor) or not mask.is_floating_point():
             raise TypeError(f"mask: expected a floating-point tensor, got {type(mask).__name__}"
                             + (f" of dtype {mask.dtype}" if isinstance(mask, Tensor) else ""))
+        if not bool(torch.isfinite(mask).all()):
+            raise ValueError("mask: expected finite values (1 inside the patch, 0 outside), got NaN or inf")
         self.mask = mask
 
     @classmethod
     def patch(cls, height: int, width: int, top: int, left: int, size: int) -> MaskedAdditive:
         """A square ``size x size`` patch with its top-left corner at ``(top, left)``."""
+        for value, name in ((height, "height"), (width, "width"), (top, "top"), (left, "left"), (size, "size")):
+            check_number(value, name, integer=True)
         if size < 1 or top < 0 or left < 0 or top + size > height or left + size > width:
             raise ValueError(
                 f"patch: expected a size >= 1 square inside the {height}x{width} image, "
@@ -247,7 +186,8 @@ class Flow(Transform):
     r"""Adversarial deformation ``tau(x, v) = warp(x, v)`` with ``v0 = 0``: eq. (18) becomes FGR.
 
     Args:
-        padding_mode: how :func:`~torchattacks_deform.flow.warp` reads outside the image.
+        padding_mode: how :func:`~torchattacks_deform.flow.warp` reads outside the image:
+            ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
 
     Convention:
         ``v`` is a ``(B, 2, H, W)`` flow in **pixels** (channel 0 = x, channel 1 = y); the
@@ -267,7 +207,7 @@ class Flow(Transform):
     name = "flow"
 
     def __init__(self, padding_mode: str = "border") -> None:
-        self.padding_mode = padding_mode
+        self.padding_mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
 
     def identity(self, x: Tensor) -> Tensor:
         check_image_batch(x)
@@ -276,6 +216,14 @@ class Flow(Transform):
 
     def apply(self, x: Tensor, n: Tensor) -> Tensor:
         return warp(x, n, padding_mode=self.padding_mode)
+
+    def random_start_images(self, x: Tensor, n: Tensor) -> Tensor:
+        """``warp(x, v)`` with **zeros** padding, whatever ``padding_mode`` is.
+
+        The authors' random start calls ``F.grid_sample`` with its default padding, zeros;
+        their penalty then uses their own sampler, closest to ``"border"``.
+        """
+        return warp(x, n, padding_mode="zeros")
 
     def warp_and_jacobian(self, x: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
         r"""``warp(x, v)`` and its per-channel derivative w.r.t. the flow, both without graph.
@@ -390,7 +338,7 @@ class Affine(Transform):
     name = "affine"
 
     def __init__(self, padding_mode: str = "border") -> None:
-        self.padding_mode = padding_mode
+        self.padding_mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
 
     def identity(self, x: Tensor) -> Tensor:
         check_image_batch(x)

@@ -49,14 +49,14 @@ class TestPresets:
     def test_paper_hyperparameters(self) -> None:
         d = build_defense("FGR+RS+AT-PGD", SmallCNN(3, 10, 32), "cifar10", lam=400)
         assert isinstance(d.regularizer, FGR)
-        assert d.regularizer.weight == pytest.approx(400 * 15.5**2 / 256)
+        assert d.regularizer.weight == pytest.approx(400 * 15.5**2 / 256**2)  # lam ((W-1)/2)^2 / B^2
         assert d.regularizer.sigma == pytest.approx(0.01 * 15.5)
         assert d.config["eps"] == 0.01 and d.config["steps"] == 7
         assert d.adversary.eps == 0.01 and d.adversary.steps == 7
         assert build_defense("AT-PGD", SmallCNN(), "mnist").adversary.eps == 0.1
         assert build_defense("FGR", SmallCNN(), "mnist").regularizer.sigma == 0.0
         igr = build_defense("IGR", SmallCNN(), "mnist", lam=3000).regularizer
-        assert isinstance(igr, IGR) and igr.weight == pytest.approx(3000 / 256)
+        assert isinstance(igr, IGR) and igr.weight == pytest.approx(3000 / 256**2)
         assert build_defense("FGR", SmallCNN(), "mnist", weight=5.0).regularizer.weight == 5.0
         assert PAPER_LAMBDAS == {"IGR": (1000, 3000, 5000, 7000), "FGR": (100, 400, 500, 1000)}
 
@@ -119,17 +119,18 @@ class TestCLI:
         assert [r["global_step"] for r in log["epochs"]] == [2, 4, 6]
 
     def test_errors(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        assert run_cli("--defense", "Nope", "--out", str(tmp_path / "a")) == 1
-        assert "defense: expected one of ['Standard'" in capsys.readouterr().err
-        assert run_cli("--defense", "FGR", "--weight", "-1", "--epochs", "1", "--out", str(tmp_path / "b")) == 1
-        assert "weight: expected a non-negative finite number" in capsys.readouterr().err
+        assert run_cli("--defense", "Nope", "--out", str(tmp_path / "a")) == 2  # bad arguments
+        assert "--defense: expected one of ['Standard'" in capsys.readouterr().err
+        assert run_cli("--defense", "FGR", "--weight", "-1", "--epochs", "1", "--out", str(tmp_path / "b")) == 2
+        assert "--weight: expected a finite number >= 0, got -1.0" in capsys.readouterr().err
         empty = tmp_path / "data"
         empty.mkdir()
         assert run_cli("--dataset", "cifar10", "--data-root", str(empty), "--out", str(tmp_path / "c")) == 1
         err = capsys.readouterr().err
         assert "was not found under" in err and "--download" in err
-        assert run_cli("--dataset", "mnist", "--out", str(tmp_path / "d")) == 1
+        assert run_cli("--dataset", "mnist", "--out", str(tmp_path / "d")) == 2
         assert "--data-root" in capsys.readouterr().err
+        assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()  # refused before any work
         assert run_cli("--resume", "--out", str(tmp_path / "nothing")) == 1
         assert "no checkpoint" in capsys.readouterr().err
 
@@ -137,7 +138,13 @@ class TestCLI:
         assert run_cli("--defense", "IGR", "--weight", "1", "--lr", "1e6", "--epochs", "3", "--limit", "256",
                        "--no-val", "--out", str(tmp_path / "nan")) == 1
         err = capsys.readouterr().err
-        assert "loss is not finite" in err and "last good checkpoint" in err
+        assert "loss is not finite" in err
+        if (tmp_path / "nan" / "model.pt").is_file():  # diverged after an epoch: name the kept checkpoint
+            assert "last good checkpoint" in err and str(tmp_path / "nan" / "model.pt") in err
+            assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "nan" / "model.pt")
+                       ["state_dict"].values())
+        else:  # diverged in the first epoch: say that none was written, name no file
+            assert "no checkpoint was written yet" in err and "model.pt" not in err
 
 
 def test_sigkill_mid_epoch_and_resume(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from fgr_defense import (
 )
 from fgr_defense.regularizers import gradient_norm_sq, gradient_penalty
 from fgr_defense.transforms import Transform, affine_flow
-from torchattacks_deform.flow import flow_to_pixels, normalized_to_pixels, warp
+from torchattacks_deform.flow import warp
 
 
 def tiny_model(dtype: torch.dtype = torch.float64, channels: int = 1, size: int = 6, seed: int = 0) -> nn.Module:
@@ -187,41 +187,7 @@ class TestUnifiedForm:
 
 
 class TestAuthorsVariantAndLambda:
-    def test_authors_formula_and_lambda_mapping(self) -> None:
-        """Direct implementation of the authors' code vs. our variant='authors' + paper_lambda_to_weight."""
-        size, b, lam, sigma_n = 6, 5, 400.0, 0.01
-        model = tiny_model(size=size)
-        x, y = tiny_batch(b=b, size=size)
-        # authors: normalized random flow, z = clamp(I(x, r)), grad of batch-MEAN CE w.r.t. a
-        # normalized flow at zero, penalty = SUM of squares over the batch.
-        torch.manual_seed(7)
-        r_norm = sigma_n * torch.randn(b, 2, size, size, dtype=x.dtype)
-        z = warp(x, flow_to_pixels(r_norm)).clamp(0, 1).detach()
-        u = torch.zeros(b, 2, size, size, dtype=x.dtype, requires_grad=True)
-        logits = model(warp(z, flow_to_pixels(u)))
-        task_ref = F.cross_entropy(logits, y)
-        (g,) = torch.autograd.grad(task_ref, u, create_graph=True)
-        authors_total = task_ref + lam * g.pow(2).sum()
-        # ours
-        reg = FGR.from_paper(lam, batch_size=b, image_size=size, sigma_normalized=sigma_n, variant="authors")
-        assert reg.weight == pytest.approx(lam * ((size - 1) / 2) ** 2 / b)
-        assert reg.sigma == pytest.approx(float(normalized_to_pixels(sigma_n, size)))
-        torch.manual_seed(7)  # our r is sigma_px * randn of the same shape: the same flow in pixels
-        out = reg.compute(model, x, y)
-        torch.testing.assert_close(out.task_loss, task_ref)
-        torch.testing.assert_close(out.task_loss + out.penalty, authors_total, rtol=1e-9, atol=0)
-        assert out.penalty.item() > 1e-3 * out.task_loss.item()  # the comparison is not vacuous
-        for a, c in zip(param_grads(out.task_loss + out.penalty, model), param_grads(authors_total, model)):
-            torch.testing.assert_close(a, c, rtol=1e-8, atol=1e-12)
-
-    def test_igr_lambda_mapping(self) -> None:
-        model = tiny_model()
-        x, y = tiny_batch(b=4)
-        xx = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xx), y), xx, create_graph=True)
-        authors = 1000.0 * g.pow(2).sum()
-        ours = IGR.from_paper(1000.0, batch_size=4)(model, x, y)
-        torch.testing.assert_close(ours, authors, rtol=1e-10, atol=0)
+    """The authors' reduction itself is checked in tests/test_paper_convention.py."""
 
     def test_authors_equals_paper_without_random_start(self) -> None:
         model = tiny_model()
@@ -236,13 +202,17 @@ class TestAuthorsVariantAndLambda:
         torch.manual_seed(3)
         out = FGR(1.0, sigma=0.5, variant="authors").compute(model, x, y)
         torch.manual_seed(3)
-        z = warp(x, 0.5 * torch.randn(5, 2, 6, 6, dtype=x.dtype)).clamp(0, 1)
+        r = 0.5 * torch.randn(5, 2, 6, 6, dtype=x.dtype)
+        z = warp(x, r, padding_mode="zeros").clamp(0, 1)  # the authors' random start reads zeros outside
         torch.testing.assert_close(out.output, model(z))
         assert not torch.allclose(out.output, model(x))
+        assert not torch.allclose(out.output, model(warp(x, r, padding_mode="border").clamp(0, 1)))
 
     def test_conversions_hand_values(self) -> None:
-        assert paper_lambda_to_weight(100, 256, 28) == pytest.approx(100 * 13.5**2 / 256)
-        assert paper_lambda_to_weight(1000, 256, (32, 32)) == pytest.approx(1000 * 15.5**2 / 256)
+        # lam * ((W - 1) / 2) ** 2 / B ** 2 (flows), lam / B ** 2 (IGR): tests/test_paper_convention.py
+        assert paper_lambda_to_weight(100, 256, 28) == pytest.approx(100 * 13.5**2 / 256**2)
+        assert paper_lambda_to_weight(1000, 256, (32, 32)) == pytest.approx(1000 * 15.5**2 / 256**2)
+        assert paper_lambda_to_weight(5000, 128, kind="input") == pytest.approx(5000 / 128**2)
         assert paper_sigma_to_pixels(0.01, 32) == pytest.approx(0.155)
         with pytest.raises(ValueError, match="square"):
             paper_lambda_to_weight(100, 256, (28, 32))
@@ -250,6 +220,10 @@ class TestAuthorsVariantAndLambda:
             paper_lambda_to_weight(100, 256)
         with pytest.raises(ValueError, match="batch_size"):
             paper_lambda_to_weight(100, 0, 28)
+        with pytest.raises(ValueError, match="lam: expected a finite number >= 0, got inf"):
+            paper_lambda_to_weight(float("inf"), 256, 28)
+        with pytest.raises(ValueError, match="sigma_normalized"):
+            paper_sigma_to_pixels(float("nan"), 28)
 
 
 class TestGradcheck:
@@ -299,7 +273,7 @@ class TestInputsAndErrors:
         ({"weight": 1.0, "q": 0.5}, "q"),
         ({"weight": 1.0, "variant": "mine"}, "variant"),
     ])
-    def test_bad_arguments(self, kwargs, match) -> None:
+    def test_bad_arguments(self, kwargs, match) -> None:  # non-finite values: tests/test_reliability_training.py
         with pytest.raises(ValueError, match=match):
             FGR(**kwargs)
 

@@ -405,3 +405,78 @@ class TestSplitBackward:
             pytest.skip("CPU allocator records unavailable in this torch build")
         assert peaks["split"] < 0.9 * peaks["joint"], peaks
         assert peaks["split"] <= 1.3 * peaks["IGR"], peaks  # the issue's target for FGR+RS vs IGR
+
+
+class TestKeepBest:
+    """``keep_best=True``: best.pt follows strict val_acc improvements and survives resume."""
+
+    def _trainer(self, out: Path, accs: list[float], resume: bool = False) -> Trainer:
+        model = small_model(seed=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        kwargs = dict(device="cpu", progress=False, seed=1, out_dir=out, arch=None, keep_best=True)
+        trainer = Trainer.resume(out / "model.pt", model, opt, **kwargs) if resume else Trainer(model, opt, **kwargs)
+        it = iter(accs)
+        trainer.evaluate = lambda loader, attack=None: {"loss": 1.0, "acc": next(it), "n": 1}  # type: ignore[method-assign]
+        return trainer
+
+    @staticmethod
+    def _best(out: Path) -> tuple[int, float]:
+        meta = load_checkpoint(out / "best.pt")["meta"]
+        return meta["best"]["epoch"], meta["best"]["val_acc"]
+
+    def test_strict_improvements_and_resume(self, data: TensorDataset, tmp_path: Path) -> None:
+        loader, val = DataLoader(data, batch_size=48), DataLoader(data, batch_size=96)
+        trainer = self._trainer(tmp_path, [0.5, 0.7, 0.7])
+        seen, weights = [], {}
+        for epoch in (1, 2, 3):
+            trainer.fit(loader, epoch, val)
+            seen.append(self._best(tmp_path))
+            weights[epoch] = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+        assert seen == [(1, 0.5), (2, 0.7), (2, 0.7)]  # 0.7 again is not an improvement (the authors' <)
+        best = load_checkpoint(tmp_path / "best.pt")
+        for k, v in best["state_dict"].items():
+            assert torch.equal(v, weights[2][k]), k
+        assert best["format"] == "deform-robust/1" and best["trainer"]["epoch"] == 2  # same format as model.pt
+        # a resumed trainer remembers the best val_acc: 0.65 < 0.7 does not replace best.pt
+        resumed = self._trainer(tmp_path, [0.65, 0.9], resume=True)
+        resumed.fit(loader, 4, val)
+        assert self._best(tmp_path) == (2, 0.7)
+        resumed.fit(loader, 5, val)
+        assert self._best(tmp_path) == (5, 0.9)
+        assert not list(tmp_path.glob(".best*"))
+
+    def test_crash_before_the_commit_is_repaired(self, data: TensorDataset, tmp_path: Path) -> None:
+        loader, val = DataLoader(data, batch_size=48), DataLoader(data, batch_size=96)
+        trainer = self._trainer(tmp_path, [0.5, 0.8])
+        trainer.fit(loader, 1, val)
+
+        def crash() -> None:
+            raise KeyboardInterrupt("killed between model.pt and the rename of best.pt")
+
+        trainer._commit_best = crash  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(loader, 2, val)
+        assert self._best(tmp_path) == (1, 0.5)  # not committed yet; model.pt already knows epoch 2
+        assert load_checkpoint(tmp_path / "model.pt")["trainer"]["best"]["epoch"] == 2
+        self._trainer(tmp_path, [], resume=True).fit(loader, 2, val)  # nothing to train: only repairs
+        assert self._best(tmp_path) == (2, 0.8) and not (tmp_path / ".best.pt.pending").exists()
+
+    def test_a_pending_file_the_checkpoint_does_not_know_is_dropped(self, data: TensorDataset,
+                                                                    tmp_path: Path) -> None:
+        loader, val = DataLoader(data, batch_size=48), DataLoader(data, batch_size=96)
+        trainer = self._trainer(tmp_path, [0.5, 0.8, 0.8])
+        trainer.fit(loader, 1, val)
+        trainer._write_checkpoint = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(loader, 2, val)  # killed after staging best (epoch 2), before model.pt
+        assert (tmp_path / ".best.pt.pending").exists()
+        resumed = self._trainer(tmp_path, [0.6], resume=True)
+        assert resumed.epoch == 1
+        resumed.fit(loader, 2, val)  # epoch 2 again: 0.6 > 0.5
+        assert self._best(tmp_path) == (2, 0.6) and not (tmp_path / ".best.pt.pending").exists()
+
+    def test_keep_best_needs_out_dir_and_validation(self, data: TensorDataset, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="keep_best: True writes out_dir/best.pt"):
+            make_trainer(small_model(), keep_best=True)
+        with pytest.raises(ValueError, match="val_loader: keep_best=True"):
+            make_trainer(small_model(), keep_best=True, out_dir=tmp_path).fit(DataLoader(data, batch_size=48), 1)
