@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchattacks_deform import FlowPGD, StAdv, flow_norm, flow_smoothness_loss
-from torchattacks_deform._base import margin_loss
+from torchattacks_deform import FlowPGD, StAdv, flow_norm, flow_smoothness_loss, margin_loss
 
 
 def fooled(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -88,9 +87,11 @@ class TestStAdv:
 
     def test_margin_loss_hand_values(self) -> None:
         z = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
-        assert torch.equal(margin_loss(z, torch.tensor([0, 1]), kappa=math.inf), torch.tensor([2.0, -3.0]))
+        assert torch.equal(margin_loss(z, torch.tensor([0, 1]), kappa=None), torch.tensor([2.0, -3.0]))
         assert torch.equal(margin_loss(z, torch.tensor([0, 1]), kappa=1.0), torch.tensor([2.0, -1.0]))
-        assert torch.equal(margin_loss(z, torch.tensor([1, 0]), targeted=True, kappa=math.inf), torch.tensor([2.0, 5.0]))
+        assert torch.equal(margin_loss(z, torch.tensor([1, 0]), targeted=True, kappa=None), torch.tensor([2.0, 5.0]))
+        with pytest.raises(ValueError, match="kappa.*None"):  # API change: inf is refused, None is "unclamped"
+            margin_loss(z, torch.tensor([0, 1]), kappa=math.inf)
 
     def test_bad_args(self, trained_model: nn.Module) -> None:
         for arg in ("tau", "lr", "kappa", "bound", "smooth_eps"):
@@ -110,7 +111,7 @@ class TestPATThreatModel:
         atk = StAdv.pat(trained_model, image_size=32)
         assert atk.bound == 0.8  # 0.05 normalized, align_corners=False: 0.05 * 32 / 2
         assert atk.lr == 0.16  # Adam lr 0.01 normalized
-        assert atk.steps == 100 and atk.kappa == math.inf
+        assert atk.steps == 100 and atk.kappa is None  # unclamped margin (was float("inf") before)
         assert atk.tau == pytest.approx(0.0025 / 0.05 / 16)
         assert atk.smoothness_padding == "replicate" and atk.clip_positions
         assert atk.padding_mode == "zeros"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 import torchattacks
 from torch import Tensor, nn
 
-from torchattacks_deform import FlowES, FlowFGSM, FlowPGD, StAdv, warp
+from torchattacks_deform import AttackInfo, FlowAutoAttack, FlowES, FlowFGSM, FlowPGD, StAdv, warp
 from torchattacks_deform._base import FlowAttack
+from torchattacks_deform.autoattack import version_members
 
 # Small, fast settings; the attack-specific files test strength with the defaults.
 FACTORIES: dict[str, Callable[[nn.Module], FlowAttack]] = {
@@ -227,3 +229,54 @@ def test_multiattack_with_normalization(model: nn.Module, small: tuple[Tensor, T
     adv = multi(z, y)
     assert adv.shape == z.shape
     torch.testing.assert_close((adv * STD[0] + MEAN[0]).clamp(0, 1), adv * STD[0] + MEAN[0], atol=1e-5, rtol=0)
+
+
+class TestSelfDescription:
+    """``info``, ``budget_norm`` and ``cost``: the one place each attack class describes itself."""
+
+    EXPECTED = {  # kind, uses_gradients, budget_arg, cost with defaults
+        "FlowFGSM": ("single-step", True, "eps", 1.0),
+        "FlowPGD": ("multi-step", True, "eps", 10.0),
+        "StAdv": ("optimization", True, "bound", 50.0),
+        "FlowES": ("gradient-free", False, "eps", 20 * 50 / 3),
+    }
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_info_and_defaults(self, name: str) -> None:
+        cls = CLASSES[name]
+        kind, grads, budget, cost = self.EXPECTED[name]
+        assert cls.info == AttackInfo(kind, grads, budget, "flow")
+        assert cls.info.budget_arg == BUDGET_ARG[name]
+        assert cls.cost({}) == pytest.approx(cost)
+        assert cls.budget_norm({}) == "Linf"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cls.info.kind = "suite"  # type: ignore[misc]
+
+    def test_cost_and_norm_follow_params(self) -> None:
+        assert FlowPGD.cost({"steps": 7, "restarts": 3}) == 21.0 and FlowPGD.cost({"steps": 7}) == 7.0
+        assert FlowFGSM.cost({"steps": 100}) == 1.0
+        assert StAdv.cost({"steps": 12}) == 12.0
+        assert FlowES.cost({"population": 6, "steps": 5}) == 10.0
+        assert FlowPGD.budget_norm({"norm": "L2"}) == "L2" and FlowFGSM.budget_norm({"norm": "L2"}) == "L2"
+        assert StAdv.budget_norm({"norm": "L2"}) == "Linf" and FlowES.budget_norm({}) == "Linf"
+        with pytest.raises(ValueError, match="^norm: expected one of"):
+            FlowPGD.budget_norm({"norm": "L1"})
+
+    def test_suite(self) -> None:
+        members = sum(c.cost(kw) for _, c, kw in version_members("standard", 0.5))
+        assert FlowAutoAttack.info.kind == "suite" and FlowAutoAttack.cost({}) == pytest.approx(members)
+        assert FlowAutoAttack.cost({"version": "standard"}) == pytest.approx(50 + 150 + 100 + 20 * 100 / 3)
+        assert FlowAutoAttack.cost({"norm": "L2"}) == pytest.approx(50 + 150)
+        assert FlowAutoAttack.budget_norm({"norm": "L2"}) == "L2" and FlowAutoAttack.budget_norm({}) == "Linf"
+        m = nn.Linear(2, 2)
+        custom = [FlowPGD(m, steps=4, restarts=2), FlowES(m, population=6, steps=5)]
+        assert FlowAutoAttack.cost({"version": "custom", "attacks": custom}) == 18.0
+
+    def test_attack_info_is_checked(self) -> None:
+        with pytest.raises(ValueError, match="^kind: expected one of"):
+            AttackInfo("iterative", True, "eps")
+        with pytest.raises(TypeError, match="^uses_gradients: expected True or False"):
+            AttackInfo("suite", 1, "eps")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="^space: expected one of"):
+            AttackInfo("suite", True, "eps", "latent")
+        assert AttackInfo("custom", True, "eps", "pixel").space == "pixel"  # attacks from elsewhere

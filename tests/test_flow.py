@@ -169,6 +169,33 @@ class TestWarp:
             warp(x, torch.zeros(2, 2, 4, 4), mode="bicubic")
         with pytest.raises(ValueError, match="flow"):
             check_flow(torch.zeros(2, 2, 4))
+        with pytest.raises(ValueError, match=r"^flow: expected shape \(B, 2, H, W\) with H, W >= 1"):
+            check_flow(torch.zeros(2, 2, 0, 3))
+        with pytest.raises(ValueError, match=r"^images: expected C >= 1"):
+            warp(torch.zeros(2, 0, 4, 4), torch.zeros(2, 2, 4, 4))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+    def test_non_finite_or_huge_flows_and_images_are_refused(self, dtype: torch.dtype) -> None:
+        """grid_sample's CPU backward crashes on them (border padding); warp raises instead."""
+        x = torch.rand(1, 1, 3, 3, dtype=dtype)
+        limit = float(torch.finfo(dtype).max) / 8
+        for value in (math.nan, math.inf, -math.inf):
+            v = torch.zeros(1, 2, 3, 3, dtype=dtype)
+            v[0, 1, 2, 2] = value
+            with pytest.raises(ValueError, match=r"^flow: expected finite values, got NaN or inf in 1 of 18"):
+                warp(x, v)
+            with pytest.raises(ValueError, match=r"^images: expected finite values, got NaN or inf in 9 of 9"):
+                warp(x * value, torch.zeros(1, 2, 3, 3, dtype=dtype))
+        with pytest.raises(ValueError, match=r"^flow: expected displacements of at most"):
+            warp(x, torch.full((1, 2, 3, 3), limit * 2, dtype=dtype))
+        at_limit = torch.full((1, 2, 3, 3), limit, dtype=dtype, requires_grad=True)
+        (g,) = torch.autograd.grad(warp(x, at_limit, padding_mode="reflection").sum(), at_limit)
+        assert bool(torch.isfinite(g).all())  # the largest accepted flow is safe in every mode
+
+    def test_empty_batch(self) -> None:
+        out = warp(torch.zeros(0, 3, 4, 4), torch.zeros(0, 2, 4, 4))
+        assert out.shape == (0, 3, 4, 4)
+        assert flow_norm(torch.zeros(0, 2, 4, 4)).shape == (0,)
 
 
 class TestFlowNorm:
@@ -219,6 +246,15 @@ class TestProjectFlow:
             project_flow(v, -1.0)
         with pytest.raises(ValueError, match="norm"):
             project_flow(v, 1.0, "L0")
+        for eps in (math.inf, math.nan):
+            with pytest.raises(ValueError, match="^eps: expected a finite number >= 0"):
+                project_flow(v, eps)
+        with pytest.raises(ValueError, match=r"^eps: expected a number, a 0-d tensor or a \(1,\) tensor"):
+            project_flow(v, torch.ones(2))
+        with pytest.raises(TypeError, match="^eps: expected a real tensor"):
+            project_flow(v, torch.ones(1, dtype=torch.bool))
+        # a budget beyond the dtype's range bounds nothing, in both norms
+        assert torch.equal(project_flow(v, 1e39), v) and torch.equal(project_flow(v, 1e39, "L2"), v)
 
 
 class TestSmoothness:

@@ -10,7 +10,10 @@ Example:
     torch.Size([2, 1, 4, 4])
 """
 
+from ._base import AttackInfo, FlowAttack
+from .autoattack import FlowAutoAttack
 from .es import FlowES
+from .evaluate import RobustnessReport, evaluate_robustness
 from .fgsm import FlowFGSM
 from .flow import (
     Warp,
@@ -23,21 +26,29 @@ from .flow import (
     project_flow,
     warp,
 )
+from .losses import attack_loss, margin_loss
 from .pgd import FlowPGD
 from .stadv import StAdv
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttackInfo",
+    "FlowAttack",
+    "FlowAutoAttack",
     "FlowES",
     "FlowFGSM",
     "FlowPGD",
+    "RobustnessReport",
     "StAdv",
     "Warp",
+    "attack_loss",
+    "evaluate_robustness",
     "flow_norm",
     "flow_smoothness_loss",
     "flow_to_normalized",
     "flow_to_pixels",
+    "margin_loss",
     "normalized_to_pixels",
     "pixels_to_normalized",
     "project_flow",

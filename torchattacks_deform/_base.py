@@ -1,88 +1,102 @@
-"""Shared plumbing of the flow attacks: input checks, mode handling, flow to image."""
+"""Shared plumbing of the flow attacks: self-description, checks of the model's output, mode
+handling, flow to image.
+
+Input validation lives in :mod:`torchattacks_deform.validation` (``check_non_negative`` and
+``check_norm`` of earlier versions are gone: use ``check_number`` and ``check_choice``), the
+losses in :mod:`torchattacks_deform.losses` (``margin_loss`` stays importable from here).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compat import TorchattacksAttack
-from .flow import NORMS, warp
+from .flow import _PADDING_MODES, NORMS, _check_images_layout, warp
+from .losses import attack_loss, margin_loss
+from .validation import check_bool, check_choice, check_images, check_labels, check_number
 
-__all__ = ["FlowAttack", "check_images", "check_labels", "check_non_negative", "check_norm", "margin_loss"]
+__all__ = [
+    "ATTACK_KINDS",
+    "AttackInfo",
+    "FlowAttack",
+    "SPACES",
+    "check_model_dtype",
+    "margin_loss",
+]
 
-# Images coming back from torchattacks' inverse normalization can overshoot [0, 1] by float
-# rounding; accept that much and clamp.
-_RANGE_TOL = 1e-5
-
-
-def check_images(images: Any, name: str = "images") -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``images`` is a finite (B, C, H, W) batch in [0, 1].
-
-    Example:
-        >>> check_images(torch.rand(2, 1, 4, 4))
-        >>> check_images(torch.rand(2, 1, 4, 4) * 2)
-        Traceback (most recent call last):
-        ...
-        ValueError: images: expected values in [0, 1], got range [...] (with set_normalization_used, ...)
-    """
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"{name}: expected a floating-point tensor in [0, 1], got dtype {images.dtype}"
-        )
-    if images.dim() != 4:
-        raise ValueError(f"{name}: expected rank 4 (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(images.shape)}")
-    if images.shape[2] < 2 or images.shape[3] < 2:
-        raise ValueError(f"{name}: expected H >= 2 and W >= 2, got shape {tuple(images.shape)}")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or inf")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
-        raise ValueError(
-            f"{name}: expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]"
-            " (with set_normalization_used, pass normalized images to the attack's __call__)"
-        )
+#: The categories of :class:`AttackInfo`: the paper's four, suites of attacks, and "custom" for
+#: attacks from elsewhere that do not say.
+ATTACK_KINDS = ("single-step", "multi-step", "optimization", "gradient-free", "suite", "custom")
+#: What an attack perturbs: a flow (every attack here) or the pixel values (torchattacks').
+SPACES = ("flow", "pixel")
 
 
-def check_labels(labels: Any, batch_size: int, name: str = "labels") -> None:
-    """Raise unless ``labels`` is an integer tensor of shape ``(batch_size,)``.
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an attack class is, in the terms of the evaluation harness (one per class).
+
+    Attributes:
+        kind: one of :data:`ATTACK_KINDS`.
+        uses_gradients: False for attacks that only query model outputs.
+        budget_arg: the constructor argument that receives the budget (pixels for flows).
+        space: what the attack perturbs: ``"flow"`` (every attack here) or ``"pixel"``.
 
     Example:
-        >>> check_labels(torch.tensor([1, 2]), 2)
-        >>> check_labels(torch.tensor([1, 2]), 3)
+        >>> AttackInfo("multi-step", True, "eps")
+        AttackInfo(kind='multi-step', uses_gradients=True, budget_arg='eps', space='flow')
+        >>> AttackInfo("iterative", True, "eps")
         Traceback (most recent call last):
         ...
-        ValueError: labels: expected 3 labels (one per image), got shape (2,)
+        ValueError: kind: expected one of ('single-step', ..., 'custom'), got 'iterative'
     """
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of class indices, got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"{name}: expected an integer tensor of class indices, got dtype {labels.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != batch_size:
-        raise ValueError(
-            f"{name}: expected {batch_size} labels (one per image), got shape {tuple(labels.shape)}"
-        )
+
+    kind: str
+    uses_gradients: bool
+    budget_arg: str
+    space: str = "flow"
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "kind", ATTACK_KINDS)
+        check_bool(self.uses_gradients, "uses_gradients")
+        if not isinstance(self.budget_arg, str) or not self.budget_arg.isidentifier():
+            raise ValueError(f"budget_arg: expected an argument name, got {self.budget_arg!r}")
+        check_choice(self.space, "space", SPACES)
 
 
-def check_non_negative(value: Any, name: str, integer: bool = False) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``value`` is a non-negative number."""
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        expected = "an int" if integer else "a number"
-        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
-    if value != value or value < 0:  # NaN or negative
-        raise ValueError(f"{name}: expected a non-negative value, got {value}")
+def check_model_dtype(model: nn.Module, images: Tensor, autocast_dtype: torch.dtype | None = None) -> None:
+    """Raise ``TypeError`` unless ``images`` have the dtype of the model's floating parameters.
+
+    Under autocast (``set_precision``) images in the autocast dtype are accepted too. Models
+    without floating-point parameters are not checked.
+
+    Example:
+        >>> check_model_dtype(torch.nn.Linear(4, 2), torch.rand(2, 1, 2, 2, dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        TypeError: images: expected dtype torch.float32 like the model's parameters, got torch.float64 ...
+    """
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None and images.dtype not in (param.dtype, autocast_dtype):
+        raise TypeError(f"images: expected dtype {param.dtype} like the model's parameters, got {images.dtype} "
+                        "(convert the images, or use set_precision for mixed precision)")
 
 
-def check_norm(norm: Any) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+def _stats(values: Any, name: str, positive: bool) -> list[float]:
+    """``mean``/``std`` of ``set_normalization_used`` as a list of finite floats (std > 0)."""
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
+        values = values.tolist()  # tensors, numpy arrays and numpy scalars
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or len(values) == 0:
+        raise TypeError(f"{name}: expected a non-empty sequence of numbers (one per channel, or one), "
+                        f"got {type(values).__name__} {values!r}")
+    return [float(check_number(v, f"{name}[{i}]", minimum=0 if positive else None, exclusive_minimum=positive))
+            for i, v in enumerate(values)]
 
 
 class FlowAttack(TorchattacksAttack):
@@ -90,25 +104,59 @@ class FlowAttack(TorchattacksAttack):
 
     Subclasses implement :meth:`find_flow`, which gets validated ``[0, 1]`` images on the
     attack's device and the labels to attack (the target labels in targeted mode) and returns
-    a flow in pixels. This class turns the flow into images with :func:`warp`, exposes
-    :meth:`get_flow`, and makes ``__call__`` restore the model's mode and the normalization
-    state even when the attack raises.
+    a flow in pixels, and declare ``info``, :meth:`cost` (and :meth:`budget_norm` where the
+    budget is not measured in the ``norm`` argument). This class turns the flow into images
+    with :func:`warp`, exposes :meth:`get_flow`, checks every model output (finite logits of
+    shape ``(B, K)``, labels in ``[0, K)``), and makes ``__call__`` restore the model's mode and
+    the normalization state even when the attack raises.
 
     Args:
         name: attack name, as in torchattacks.
         model: classifier returning logits.
         padding_mode: padding of :func:`warp`.
+
+    Attributes:
+        query_count: images the model has classified through this attack, over all calls
+            (every forward, with or without a backward, counts its batch size).
     """
+
+    info: ClassVar[AttackInfo]
 
     def __init__(self, name: str, model: nn.Module, padding_mode: str = "border") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        check_choice(padding_mode, "padding_mode", _PADDING_MODES)
         super().__init__(name, model)
         self.supported_mode = ["default", "targeted"]
         self.padding_mode = padding_mode
         self.autocast_dtype: torch.dtype | None = None
         self.channels_last = False
+        self.query_count = 0
+        # A tuple, never a list: torchattacks' __setattr__ compares the items of a list with
+        # ``==`` (ambiguous for tensors).
+        self._pending_labels: tuple[tuple[Tensor, str], ...] = ()
 
+    # -- self-description ---------------------------------------------------------------
+    @classmethod
+    def _param(cls, params: Mapping[str, Any], name: str) -> Any:
+        """``params[name]``, else the constructor's default (None when it has none)."""
+        if name in params:
+            return params[name]
+        p = inspect.signature(cls.__init__).parameters.get(name)
+        return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+    @classmethod
+    def budget_norm(cls, params: Mapping[str, Any]) -> str:
+        """The norm the budget is measured in: ``params["norm"]``, else the default ``norm``."""
+        norm = cls._param(params, "norm")
+        return str(check_choice("Linf" if norm is None else norm, "norm", NORMS))
+
+    @classmethod
+    def cost(cls, params: Mapping[str, Any]) -> float:
+        """Worst-case forward+backward-equivalents per example. Implemented by subclasses."""
+        raise NotImplementedError
+
+    # -- settings -----------------------------------------------------------------------
     def set_precision(self, autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
         """Run the model in mixed precision and/or channels-last memory format (both off by default).
 
@@ -136,20 +184,88 @@ class FlowAttack(TorchattacksAttack):
             raise ValueError(
                 f"autocast_dtype: expected None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}"
             )
-        if not isinstance(channels_last, bool):
-            raise TypeError(f"channels_last: expected a bool, got {type(channels_last).__name__}")
+        check_bool(channels_last, "channels_last")
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
 
+    def set_normalization_used(self, mean: Any, std: Any) -> None:
+        """torchattacks' ``set_normalization_used`` with checked statistics.
+
+        Args:
+            mean: per-channel means (or one for all channels), finite.
+            std: per-channel standard deviations (or one), finite and > 0.
+
+        Raises:
+            ValueError: non-finite values, ``std <= 0``, or ``mean`` and ``std`` of different
+                lengths. At call time, statistics whose length is neither 1 nor the images'
+                channel count are refused too.
+
+        Example:
+            >>> from torchattacks_deform import FlowFGSM
+            >>> atk = FlowFGSM(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)))
+            >>> atk.set_normalization_used([0.5], [0.0])
+            Traceback (most recent call last):
+            ...
+            ValueError: std[0]: expected a finite number > 0, got 0.0
+        """
+        mean_l, std_l = _stats(mean, "mean", positive=False), _stats(std, "std", positive=True)
+        if len(mean_l) != len(std_l):
+            raise ValueError(f"set_normalization_used: expected mean and std of the same length, "
+                             f"got {len(mean_l)} and {len(std_l)} values")
+        super().set_normalization_used(mean_l, std_l)
+
+    def _check_channels(self, images: Tensor, name: str = "images") -> None:
+        if self.normalization_used is None or not isinstance(images, Tensor) or images.dim() != 4:
+            return
+        n = self.normalization_used["mean"].shape[1]
+        if n not in (1, images.shape[1]):
+            raise ValueError(
+                f"set_normalization_used: mean/std have {n} values; expected 1 or one per channel of "
+                f"{name} ({images.shape[1]} channels), got {name} of shape {tuple(images.shape)}"
+            )
+
+    # -- model calls ----------------------------------------------------------------------
     def get_logits(self, inputs: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
-        """torchattacks' ``get_logits`` with the precision settings of :meth:`set_precision`."""
+        """torchattacks' ``get_logits`` with :meth:`set_precision` and checks of the output.
+
+        Raises:
+            TypeError, ValueError: the model did not return finite logits of shape ``(B, K)``,
+                ``K >= 2``; or (first call of an attack call) labels outside ``[0, K)``.
+        """
+        if self._normalization_applied is False:
+            self._check_channels(inputs)
         if self.channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is None:
-            return super().get_logits(inputs, labels, *args, **kwargs)  # type: ignore[no-any-return]
-        with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype):
             logits = super().get_logits(inputs, labels, *args, **kwargs)
-        return logits.to(inputs.dtype)  # type: ignore[no-any-return]
+        else:
+            with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype):
+                logits = super().get_logits(inputs, labels, *args, **kwargs)
+            if isinstance(logits, Tensor):
+                logits = logits.to(inputs.dtype)
+        self._check_logits(logits, inputs.shape[0])
+        self.query_count += int(inputs.shape[0])
+        if self._pending_labels:
+            pending, self._pending_labels = self._pending_labels, ()
+            for values, name in pending:
+                check_labels(values, values.shape[0], num_classes=int(logits.shape[1]), name=name)
+        return logits  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _check_logits(logits: Any, batch: int) -> None:
+        expected = f"finite logits of shape ({batch}, K) with K >= 2 classes"
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"model output: expected {expected}, got {type(logits).__name__}")
+        if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] < 2:
+            raise ValueError(f"model output: expected {expected}, got shape {tuple(logits.shape)}")
+        if not logits.is_floating_point():
+            raise TypeError(f"model output: expected {expected} (floating point), got dtype {logits.dtype}")
+        if not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits.detach())).any(dim=1).sum())
+            raise ValueError(
+                f"model output: expected {expected}, got NaN or inf for {bad} of {batch} examples "
+                "(check the model, the normalization of its inputs and set_precision)"
+            )
 
     # -- subclasses -------------------------------------------------------------------
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
@@ -167,12 +283,19 @@ class FlowAttack(TorchattacksAttack):
         """Warp ``[0, 1]`` images by ``flow`` (pixels) and return detached images in [0, 1]."""
         return warp(images, flow.to(images.dtype), padding_mode=self.padding_mode).clamp(0, 1).detach()
 
+    def _check_call_inputs(self, inputs: Any) -> None:
+        if self._normalization_applied is True:  # inverse_normalize must get a (B, C, H, W) batch
+            _check_images_layout(inputs)
+            self._check_channels(inputs)
+
     def __call__(self, inputs: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        self._check_call_inputs(inputs)
         given_training = self.model.training
         normalization_applied = self._normalization_applied
         try:
-            return super().__call__(inputs, labels, *args, **kwargs)
+            return super().__call__(inputs, labels, *args, **kwargs)  # type: ignore[no-any-return]
         finally:
+            self._pending_labels = ()
             self.model.train(given_training)
             if normalization_applied is not None and self._normalization_applied != normalization_applied:
                 self._set_normalization_applied(normalization_applied)
@@ -184,6 +307,7 @@ class FlowAttack(TorchattacksAttack):
         called). ``warp(images01, flow)`` reproduces the adversarial images, where
         ``images01`` are the ``[0, 1]`` images.
         """
+        self._check_call_inputs(images)
         given_training = self.model.training
         normalization_applied = self._normalization_applied
         self._change_model_mode(given_training)
@@ -196,19 +320,27 @@ class FlowAttack(TorchattacksAttack):
             images, labels = self._prepare(images, labels)
             return self.find_flow(images, labels).detach()
         finally:
+            self._pending_labels = ()
             self.model.train(given_training)
             if normalization_applied is not None and self._normalization_applied != normalization_applied:
                 self._set_normalization_applied(normalization_applied)
 
     # -- helpers ----------------------------------------------------------------------
     def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Checked copies on the attack's device; labels are checked against the number of
+        classes at the first model call (:meth:`get_logits`), targets too in targeted mode."""
         check_images(images)
         check_labels(labels, images.shape[0])
+        check_model_dtype(self.model, images, self.autocast_dtype)
         device = self.device if self.device is not None else images.device
         images = images.detach().to(device).clone().clamp_(0, 1)
         labels = labels.detach().to(device).long().clone()
+        self._pending_labels = ((labels, "labels"),)
         if self.targeted:
-            labels = self.get_target_label(images, labels).long()
+            targets = self.get_target_label(images, labels)
+            check_labels(targets, images.shape[0], name="target labels")
+            labels = targets.detach().to(device).long()
+            self._pending_labels = (*self._pending_labels, (labels, "target labels"))
         return images, labels
 
     def loss_sign(self) -> float:
@@ -216,56 +348,39 @@ class FlowAttack(TorchattacksAttack):
         return -1.0 if self.targeted else 1.0
 
     def warp(self, images: Tensor, flow: Tensor) -> Tensor:
-        """:func:`warp` with this attack's padding mode (no clamping, differentiable)."""
-        return warp(images, flow, padding_mode=self.padding_mode)
+        """:func:`warp` with this attack's padding mode (no clamping, differentiable).
+
+        A flow that became non-finite (a diverging iterate) is refused with a message that
+        names the attack and the flow.
+        """
+        try:
+            return warp(images, flow, padding_mode=self.padding_mode)
+        except ValueError as err:
+            if not str(err).startswith("flow:"):
+                raise
+            raise ValueError(f"{self.attack}: its iterate diverged ({err}); check the step sizes "
+                             "and weights of the attack") from err
 
     def is_successful(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Boolean ``(B,)``: misclassified (default mode) or classified as the target (targeted)."""
         pred = logits.argmax(dim=1)
         return pred == labels if self.targeted else pred != labels
 
-    def ce_flow_gradient(self, images: Tensor, flow: Tensor, labels: Tensor) -> Tensor:
-        """Gradient w.r.t. ``flow`` of the attack's cross-entropy objective.
+    def attack_loss(self, logits: Tensor, labels: Tensor, loss: str = "ce") -> Tensor:
+        """Per-example objective the attack ascends (:func:`~torchattacks_deform.losses.attack_loss`)."""
+        return attack_loss(logits, labels, loss, self.targeted)
+
+    def loss_flow_gradient(self, images: Tensor, flow: Tensor, labels: Tensor, loss: str = "ce") -> Tensor:
+        """Gradient w.r.t. ``flow`` of the summed :meth:`attack_loss` (ascending it attacks).
 
         One warp, one forward and one backward of the model, through
         :func:`torch.autograd.grad` w.r.t. the flow only (parameters' ``.grad`` untouched).
-        The objective is the summed cross-entropy of ``labels`` (ascended in default mode)
-        or minus that of the targets (targeted mode), so ascending it attacks the model.
         """
         flow = flow.detach().requires_grad_(True)
         logits = self.get_logits(self.warp(images, flow))
-        loss = F.cross_entropy(logits, labels, reduction="sum") * self.loss_sign()
-        (grad,) = torch.autograd.grad(loss, flow)
+        (grad,) = torch.autograd.grad(self.attack_loss(logits, labels, loss).sum(), flow)
         return grad
 
-
-def margin_loss(logits: Tensor, labels: Tensor, targeted: bool = False, kappa: float = 0.0) -> Tensor:
-    r"""The Carlini-Wagner margin loss (their :math:`f_6`) per example; an attack minimizes it.
-
-    .. math::
-        \text{default: } \max(Z_y - \max_{j \ne y} Z_j, -\kappa), \qquad
-        \text{targeted: } \max(\max_{j \ne t} Z_j - Z_t, -\kappa)
-
-    It is negative exactly when the attack succeeds (ties aside); ``kappa`` is the confidence
-    beyond which success is no longer rewarded (``float("inf")``: never clamped, as in PAT).
-
-    Args:
-        logits: ``(B, K)`` logits, ``K >= 2``.
-        labels: ``(B,)`` true labels (default) or targets (targeted).
-        targeted: which of the two forms.
-        kappa: non-negative confidence.
-
-    Example:
-        >>> z = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
-        >>> margin_loss(z, torch.tensor([0, 1]), kappa=10.0)
-        tensor([ 2., -3.])
-        >>> margin_loss(z, torch.tensor([0, 1]))
-        tensor([2., 0.])
-        >>> margin_loss(z, torch.tensor([2, 2]), targeted=True, kappa=10.0)
-        tensor([ 3., -3.])
-    """
-    picked = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    best_other = others.amax(dim=1)
-    margin = best_other - picked if targeted else picked - best_other
-    return margin.clamp_min(-float(kappa) if kappa else 0.0)  # 0.0, not -0.0
+    def ce_flow_gradient(self, images: Tensor, flow: Tensor, labels: Tensor) -> Tensor:
+        """:meth:`loss_flow_gradient` with the cross-entropy (ascended; descended toward targets)."""
+        return self.loss_flow_gradient(images, flow, labels, "ce")

@@ -2,13 +2,15 @@ r"""FlowES: a gradient-free evolution-strategies flow attack (queries model outp
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ._base import FlowAttack, check_non_negative, margin_loss
+from ._base import AttackInfo, FlowAttack
 from .flow import project_flow
+from .losses import margin_loss
+from .validation import check_number
 
 __all__ = ["FlowES"]
 
@@ -58,8 +60,12 @@ class FlowES(FlowAttack):
         max_batch: largest number of images per forward. Default: 4096.
         padding_mode: how :func:`~torchattacks_deform.warp` reads outside the image.
 
+    Cost: at most ``1 + population * steps`` images classified per example, forwards only;
+    :meth:`cost` counts a forward as a third of a forward+backward.
+
     Raises:
-        ValueError: negative numbers, an odd or too small ``population``, ``max_batch < 1``.
+        ValueError: negative, NaN or infinite numbers, an odd or too small ``population``,
+            ``max_batch < 1``.
         TypeError: a non-number argument or non-int counts.
 
     Example:
@@ -75,7 +81,11 @@ class FlowES(FlowAttack):
         >>> _ = torch.manual_seed(0)
         >>> torch.equal(adv, warp(images, atk.get_flow(images, labels)).clamp(0, 1))
         True
+        >>> FlowES.cost({"population": 10, "steps": 30})
+        100.0
     """
+
+    info = AttackInfo("gradient-free", False, "eps")
 
     def __init__(
         self,
@@ -88,18 +98,14 @@ class FlowES(FlowAttack):
         max_batch: int = 4096,
         padding_mode: str = "border",
     ) -> None:
-        check_non_negative(eps, "eps")
-        check_non_negative(population, "population", integer=True)
+        eps = check_number(eps, "eps", minimum=0)
+        check_number(population, "population", integer=True)
         if population < 2 or population % 2:
             raise ValueError(f"population: expected an even number >= 2 (antithetic pairs), got {population}")
-        sigma = eps / 2 if sigma is None else sigma
-        alpha = eps / 10 if alpha is None else alpha
-        check_non_negative(sigma, "sigma")
-        check_non_negative(steps, "steps", integer=True)
-        check_non_negative(alpha, "alpha")
-        check_non_negative(max_batch, "max_batch", integer=True)
-        if max_batch < 1:
-            raise ValueError(f"max_batch: expected a positive number of images, got {max_batch}")
+        sigma = check_number(eps / 2 if sigma is None else sigma, "sigma", minimum=0)
+        check_number(steps, "steps", integer=True, minimum=0)
+        alpha = check_number(eps / 10 if alpha is None else alpha, "alpha", minimum=0)
+        check_number(max_batch, "max_batch", integer=True, minimum=1)
         super().__init__("FlowES", model, padding_mode=padding_mode)
         self.eps = float(eps)
         self.population = population
@@ -109,13 +115,23 @@ class FlowES(FlowAttack):
         self.max_batch = max_batch
         self.last_queries: Optional[Tensor] = None
 
+    @classmethod
+    def budget_norm(cls, params: Mapping[str, Any]) -> str:
+        """``"Linf"``: the only budget FlowES has."""
+        return "Linf"
+
+    @classmethod
+    def cost(cls, params: Mapping[str, Any]) -> float:
+        """``population * steps / 3``: forwards only, a third of a forward+backward each."""
+        return float(cls._param(params, "population")) * float(cls._param(params, "steps")) / 3
+
     def _scores(self, images: Tensor, flows: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Margin scores (higher = more adversarial) and success of warped candidates."""
         scores, oks = [], []
         for start in range(0, images.shape[0], self.max_batch):
             sl = slice(start, start + self.max_batch)
             logits = self.get_logits(self.warp(images[sl], flows[sl]))
-            scores.append(-margin_loss(logits, labels[sl], self.targeted, float("inf")))
+            scores.append(-margin_loss(logits, labels[sl], self.targeted, kappa=None))
             oks.append(self.is_successful(logits, labels[sl]))
         return torch.cat(scores), torch.cat(oks)
 

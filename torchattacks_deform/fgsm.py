@@ -2,10 +2,15 @@ r"""FlowFGSM: one gradient-sign step on the flow (eq. (1) of Xia & Li, on :math:
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from torch import Tensor, nn
 
-from ._base import FlowAttack, check_non_negative, check_norm
+from ._base import AttackInfo, FlowAttack
+from .flow import NORMS
+from .losses import LOSSES
 from .pgd import ascent_direction
+from .validation import check_choice, check_number
 
 __all__ = ["FlowFGSM"]
 
@@ -19,7 +24,9 @@ class FlowFGSM(FlowAttack):
 
     with :math:`d = \mathrm{sign}` for ``"Linf"`` (eq. (1) on the flow) and the normalized
     gradient :math:`g / \|g\|_2` for ``"L2"`` (a step of L2 length ``eps``). The loss is the
-    cross-entropy; targeted mode descends the cross-entropy of the target. At the zero flow
+    cross-entropy (``loss="ce"``) or the unclamped Carlini-Wagner margin (``loss="margin"``,
+    see :func:`~torchattacks_deform.losses.attack_loss`); targeted mode descends the
+    cross-entropy of the target (or ascends the target's margin). At the zero flow
     every sample position is an integer, where the warp's derivative is the one-sided slope
     that ``grid_sample`` picks (see :func:`~torchattacks_deform.warp`). Cost: one warp, one
     forward and one backward of the model.
@@ -31,12 +38,14 @@ class FlowFGSM(FlowAttack):
 
     Args:
         model: classifier returning logits.
-        eps: step length and budget in pixels. Default: 1.0.
+        eps: step length and budget in pixels, finite and ``>= 0``. Default: 1.0.
         norm: ``"Linf"`` (default) or ``"L2"``.
         padding_mode: how :func:`~torchattacks_deform.warp` reads outside the image.
+        loss: ``"ce"`` (default) or ``"margin"``.
 
     Raises:
-        ValueError: negative ``eps`` or unknown ``norm``.
+        ValueError: negative or non-finite ``eps``, unknown ``norm`` or ``loss``.
+        TypeError: a non-number ``eps``.
 
     Example:
         >>> import torch
@@ -51,16 +60,30 @@ class FlowFGSM(FlowAttack):
         True
     """
 
+    info = AttackInfo("single-step", True, "eps")
+
     def __init__(
-        self, model: nn.Module, eps: float = 1.0, norm: str = "Linf", padding_mode: str = "border"
+        self,
+        model: nn.Module,
+        eps: float = 1.0,
+        norm: str = "Linf",
+        padding_mode: str = "border",
+        loss: str = "ce",
     ) -> None:
-        check_non_negative(eps, "eps")
-        check_norm(norm)
+        eps = check_number(eps, "eps", minimum=0)
+        check_choice(norm, "norm", NORMS)
+        check_choice(loss, "loss", LOSSES)
         super().__init__("FlowFGSM", model, padding_mode=padding_mode)
         self.eps = float(eps)
         self.norm = norm
+        self.loss = loss
+
+    @classmethod
+    def cost(cls, params: Mapping[str, Any]) -> float:
+        """One forward and one backward per example."""
+        return 1.0
 
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
         b, _, h, w = images.shape
-        grad = self.ce_flow_gradient(images, images.new_zeros(b, 2, h, w), labels)
+        grad = self.loss_flow_gradient(images, images.new_zeros(b, 2, h, w), labels, self.loss)
         return (self.eps * ascent_direction(grad, self.norm)).detach()

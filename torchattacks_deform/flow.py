@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compat import create_meshgrid
+from ._flowcheck import _check_finite, _check_images_layout, check_flow
+from .units import flow_to_normalized, flow_to_pixels, normalized_to_pixels, pixels_to_normalized
+from .validation import check_choice, check_number
 
 __all__ = [
     "NORMS",
@@ -54,53 +57,7 @@ Number = Union[float, int]
 
 
 def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
-
-
-def check_flow(flow: Tensor, images: Tensor | None = None, name: str = "flow") -> None:
-    """Raise a clear error unless ``flow`` follows the repository's flow convention.
-
-    Args:
-        flow: candidate flow, expected ``(B, 2, H, W)`` floating point.
-        images: if given, the ``(B, C, H, W)`` images the flow will be applied to.
-        name: the argument name to use in error messages.
-
-    Raises:
-        TypeError: ``flow`` is not a floating-point tensor.
-        ValueError: the shape does not match the convention or the images.
-
-    Example:
-        >>> check_flow(torch.zeros(2, 2, 8, 8), torch.rand(2, 3, 8, 8))
-        >>> check_flow(torch.zeros(2, 3, 8, 8))
-        Traceback (most recent call last):
-        ...
-        ValueError: flow: expected shape (B, 2, H, W), got (2, 3, 8, 8)
-    """
-    if not isinstance(flow, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(flow).__name__}")
-    if not flow.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {flow.dtype}")
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"{name}: expected shape (B, 2, H, W), got {tuple(flow.shape)}")
-    if images is not None:
-        b, _, h, w = images.shape
-        if flow.shape[0] != b or flow.shape[2:] != images.shape[2:]:
-            raise ValueError(
-                f"{name}: expected shape ({b}, 2, {h}, {w}) to match images "
-                f"{tuple(images.shape)}, got {tuple(flow.shape)}"
-            )
-
-
-def _check_images_layout(images: Tensor, name: str = "images") -> None:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
-    if images.dim() != 4:
-        raise ValueError(f"{name}: expected rank 4 (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[2] < 2 or images.shape[3] < 2:
-        raise ValueError(f"{name}: expected H >= 2 and W >= 2, got shape {tuple(images.shape)}")
+    check_choice(norm, "norm", NORMS)
 
 
 def warp(
@@ -138,7 +95,9 @@ def warp(
 
     Raises:
         TypeError: non-tensor or non-floating-point input.
-        ValueError: wrong rank or shapes, mismatched flow, unknown mode.
+        ValueError: wrong rank or shapes, mismatched flow, unknown mode, non-finite images, or
+            a flow with NaN, inf or absurdly large components (beyond an eighth of the dtype's
+            range); such flows crash PyTorch's CPU ``grid_sample`` backward.
 
     Note:
         The double backward of ``grid_sample`` with respect to the incoming gradient works
@@ -169,10 +128,11 @@ def warp(
             f"flow: expected dtype {images.dtype} on {images.device} like images, "
             f"got {flow.dtype} on {flow.device}"
         )
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    check_choice(padding_mode, "padding_mode", _PADDING_MODES)
+    check_choice(mode, "mode", _MODES)
+    has_zero = _check_finite(images, flow)
+    if images.shape[0] == 0:
+        return images.clone()
     _, _, h, w = images.shape
     base, scale, offset = _grid_constants(h, w, images.device, images.dtype)  # each (1, 2, ., .)
     # kornia's normalize_pixel_coordinates(coords, h, w) is ``factor * coords + offset``; the
@@ -187,10 +147,9 @@ def warp(
         grid = grid.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
     out = F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     # Exact identity at zero flow: grid_sample's unnormalization ((g + 1) / 2 * (W - 1)) can
-    # land 1 ulp off an integer; patch the value (not the gradient) of such pixels. On CPU,
-    # skip the patch when no flow component is zero (then no pixel is still; checking costs a
-    # device sync on CUDA, where the patch always runs; the results are the same).
-    if flow.device.type == "cpu" and bool(flow.abs().amin() > 0):
+    # land 1 ulp off an integer; patch the value (not the gradient) of such pixels. Skip the
+    # patch when no flow component is zero (then no pixel is still; the check above found out).
+    if not has_zero:
         return out
     zero = flow == 0
     still = zero[:, :1] & zero[:, 1:]
@@ -243,6 +202,8 @@ class Warp(nn.Module):
     """
 
     def __init__(self, padding_mode: str = "border", mode: str = "bilinear") -> None:
+        check_choice(padding_mode, "padding_mode", _PADDING_MODES)
+        check_choice(mode, "mode", _MODES)
         super().__init__()
         self.padding_mode = padding_mode
         self.mode = mode
@@ -285,7 +246,8 @@ def project_flow(flow: Tensor, eps: Number | Tensor, norm: str = "Linf") -> Tens
 
     Args:
         flow: ``(B, 2, H, W)`` flow in pixels.
-        eps: budget in **pixels**, a non-negative number or a ``(B,)`` tensor.
+        eps: budget in **pixels**, a finite non-negative number, or a 0-d or ``(B,)`` tensor
+            of them.
         norm: ``"Linf"`` (clip every component to ``[-eps, eps]``) or ``"L2"`` (rescale the
             examples whose L2 norm exceeds ``eps``).
 
@@ -293,7 +255,13 @@ def project_flow(flow: Tensor, eps: Number | Tensor, norm: str = "Linf") -> Tens
         The projected flow, same shape; differentiable almost everywhere.
 
     Raises:
-        ValueError: negative ``eps`` or unknown ``norm``.
+        ValueError: negative, NaN or infinite ``eps``, an ``eps`` tensor of the wrong shape, or
+            an unknown ``norm``.
+        TypeError: ``eps`` is neither a number nor a real tensor.
+
+    Note:
+        Non-finite flow components are not refused here (a NaN stays NaN, an infinite
+        component is clipped in ``"Linf"``); :func:`warp` refuses such flows.
 
     Example:
         >>> v = torch.full((1, 2, 2, 2), 3.0)
@@ -305,13 +273,21 @@ def project_flow(flow: Tensor, eps: Number | Tensor, norm: str = "Linf") -> Tens
     check_flow(flow)
     _check_norm(norm)
     if isinstance(eps, Tensor):
+        if eps.dtype == torch.bool or eps.is_complex():
+            raise TypeError(f"eps: expected a real tensor of budgets in pixels, got dtype {eps.dtype}")
+        if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != flow.shape[0]):
+            raise ValueError(
+                f"eps: expected a number, a 0-d tensor or a ({flow.shape[0]},) tensor (one budget per "
+                f"example), got shape {tuple(eps.shape)}"
+            )
         eps_t = eps.to(dtype=flow.dtype, device=flow.device)
-        if bool((eps_t < 0).any()) or bool(torch.isnan(eps_t).any()):
-            raise ValueError(f"eps: expected a non-negative budget in pixels, got {eps}")
+        if not bool((torch.isfinite(eps_t) & (eps_t >= 0)).all()):
+            raise ValueError(f"eps: expected finite non-negative budgets in pixels, got {eps}")
     else:
         # A number is checked on the host: no device sync in an attack's inner loop.
-        if not eps >= 0:
-            raise ValueError(f"eps: expected a non-negative budget in pixels, got {eps}")
+        check_number(eps, "eps", minimum=0)
+        if eps > torch.finfo(flow.dtype).max:  # a budget beyond the dtype's range bounds nothing
+            eps = math.inf
         if norm == "Linf" and not (flow.requires_grad and torch.is_grad_enabled()):
             # Same values as the path below (eps rounded to flow.dtype) in one kernel; the path
             # below is kept for autograd, whose minimum/maximum split the gradient at ties.
@@ -357,7 +333,7 @@ def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8, padding: str = "none")
 
     Args:
         flow: ``(B, 2, H, W)`` flow in pixels.
-        eps: small non-negative constant inside the square root.
+        eps: small finite non-negative constant inside the square root.
         padding: ``"none"`` or ``"replicate"`` (see above).
 
     Returns:
@@ -377,10 +353,8 @@ def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8, padding: str = "none")
         tensor([36.])
     """
     check_flow(flow)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
-    if padding not in _SMOOTHNESS_PADDINGS:
-        raise ValueError(f"padding: expected one of {_SMOOTHNESS_PADDINGS}, got {padding!r}")
+    eps = check_number(eps, "eps", minimum=0)
+    check_choice(padding, "padding", _SMOOTHNESS_PADDINGS)
     dx = flow[:, :, :, 1:] - flow[:, :, :, :-1]  # horizontal neighbour pairs
     dy = flow[:, :, 1:, :] - flow[:, :, :-1, :]  # vertical neighbour pairs
     hx = (dx.pow(2).sum(dim=1) + eps).sqrt().flatten(1).sum(dim=1)
@@ -390,81 +364,3 @@ def flow_smoothness_loss(flow: Tensor, eps: float = 1e-8, padding: str = "none")
         h, w = flow.shape[2], flow.shape[3]
         loss = loss + 2.0 * (h + w) * math.sqrt(eps)
     return loss
-
-
-def _pixel_size(size: int, align_corners: bool) -> float:
-    if not isinstance(size, int) or size < 2:
-        raise ValueError(f"size: expected an int >= 2 (pixels along the axis), got {size!r}")
-    return 2.0 / (size - 1) if align_corners else 2.0 / size
-
-
-def pixels_to_normalized(
-    value: Number | Tensor, size: int, align_corners: bool = True
-) -> Number | Tensor:
-    """Convert a displacement or budget along one axis from pixels to normalized grid units.
-
-    Convention:
-        Normalized units span ``[-1, 1]`` across the axis. With ``align_corners=True`` (the
-        authors' FGR code), 1 px = 2/(size-1); with ``align_corners=False`` (PAT,
-        MultiRobustBench's StAdv), 1 px = 2/size.
-
-    Args:
-        value: displacement(s) in pixels.
-        size: number of pixels along the axis (W for x, H for y).
-        align_corners: the convention of the target units.
-
-    Example:
-        >>> pixels_to_normalized(1.0, 32, align_corners=False)
-        0.0625
-        >>> round(pixels_to_normalized(1.0, 32, align_corners=True), 6)
-        0.064516
-    """
-    return value * _pixel_size(size, align_corners)
-
-
-def normalized_to_pixels(
-    value: Number | Tensor, size: int, align_corners: bool = True
-) -> Number | Tensor:
-    """Convert a displacement or budget along one axis from normalized grid units to pixels.
-
-    Inverse of :func:`pixels_to_normalized`; see there for the convention.
-
-    Example:
-        >>> round(normalized_to_pixels(0.01, 32, align_corners=True), 4)  # the paper's sigma
-        0.155
-        >>> normalized_to_pixels(0.05, 32, align_corners=False)  # PAT's StAdv bound
-        0.8
-    """
-    return value / _pixel_size(size, align_corners)
-
-
-def flow_to_normalized(flow: Tensor, align_corners: bool = True) -> Tensor:
-    """Convert a ``(B, 2, H, W)`` pixel flow to normalized grid units, channel by channel.
-
-    Channel 0 (x) is scaled with W, channel 1 (y) with H.
-
-    Example:
-        >>> v = torch.ones(1, 2, 5, 3)
-        >>> flow_to_normalized(v)[0, :, 0, 0]
-        tensor([1.0000, 0.5000])
-    """
-    check_flow(flow)
-    h, w = flow.shape[2], flow.shape[3]
-    scale = flow.new_tensor([_pixel_size(w, align_corners), _pixel_size(h, align_corners)])
-    return flow * scale.reshape(1, 2, 1, 1)
-
-
-def flow_to_pixels(flow: Tensor, align_corners: bool = True) -> Tensor:
-    """Convert a ``(B, 2, H, W)`` flow in normalized grid units to pixels.
-
-    Inverse of :func:`flow_to_normalized`.
-
-    Example:
-        >>> v = torch.ones(1, 2, 5, 3)
-        >>> torch.allclose(flow_to_pixels(flow_to_normalized(v)), v)
-        True
-    """
-    check_flow(flow)
-    h, w = flow.shape[2], flow.shape[3]
-    scale = flow.new_tensor([_pixel_size(w, align_corners), _pixel_size(h, align_corners)])
-    return flow / scale.reshape(1, 2, 1, 1)

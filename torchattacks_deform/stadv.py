@@ -2,13 +2,15 @@ r"""StAdv: the optimization-based flow attack of Xiao et al. (2018), solved with
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ._base import FlowAttack, check_non_negative, margin_loss
+from ._base import AttackInfo, FlowAttack
 from .flow import _SMOOTHNESS_PADDINGS, flow_smoothness_loss, normalized_to_pixels, project_flow
+from .losses import check_kappa, margin_loss
+from .validation import check_bool, check_choice, check_number
 
 __all__ = ["StAdv"]
 
@@ -59,7 +61,7 @@ class StAdv(FlowAttack):
         mister_ed's ``stAdv_norm`` (4 neighbours, replicate padding, ``eps = 1e-10``, in
         normalized units; here converted exactly to pixels: ``tau = 0.0025 / bound * 2 / W``,
         ``smooth_eps = 1e-10 * (W / 2) ** 2``), the unclamped margin loss
-        (``kappa = inf``), Adam with ``lr = 0.01`` normalized (``0.01 * W / 2`` px), zero
+        (``kappa=None``), Adam with ``lr = 0.01`` normalized (``0.01 * W / 2`` px), zero
         start, 100 iterations (PAT's CIFAR-10 evaluation, ``num_iterations=100``),
         sampling positions clipped to the image and zero padding (PAT's ``grid_sample``
         defaults). :meth:`multirobustbench` is the same threat model with MultiRobustBench's
@@ -76,12 +78,13 @@ class StAdv(FlowAttack):
             whose clean logit margin is below ``tau`` times the smoothness loss of a fooling
             flow: on the test suite's MNIST SmallCNN (median margin 4.4, fooling flows of
             smoothness about 150) it fools only 25% of the examples, 0.005 fools all.
-        steps: Adam steps. Default: 50.
-        lr: Adam learning rate in pixels. Default: 0.1.
-        kappa: confidence of the margin loss, ``>= 0``; ``float("inf")`` never clamps it.
-            Default: 0.
+        steps: Adam steps, ``>= 0``. Default: 50.
+        lr: Adam learning rate in pixels, finite and ``>= 0``. Default: 0.1.
+        kappa: confidence of the margin loss, finite and ``>= 0``; None never clamps it
+            (``float("inf")`` is refused: use None). Default: 0.
         bound: optional Linf flow budget in pixels, enforced by projection. Default: None.
-        smooth_eps: constant inside the smoothness square root. Default: 1e-8.
+        smooth_eps: constant inside the smoothness square root, finite and ``> 0`` (at 0 the
+            gradient of the smoothness loss is NaN at the zero flow). Default: 1e-8.
         smoothness_padding: ``"none"`` or ``"replicate"`` (see
             :func:`~torchattacks_deform.flow_smoothness_loss`). Default: ``"none"``.
         clip_positions: clip every sampling position ``p + v[p]`` to
@@ -90,8 +93,9 @@ class StAdv(FlowAttack):
         padding_mode: how :func:`~torchattacks_deform.warp` reads outside the image.
 
     Raises:
-        ValueError: a negative number, unknown ``smoothness_padding``.
-        TypeError: a non-number argument or a non-int ``steps``.
+        ValueError: a negative, NaN or infinite number, ``smooth_eps = 0``, an unknown
+            ``smoothness_padding``.
+        TypeError: a non-number argument, a non-int ``steps`` or a non-bool ``clip_positions``.
 
     Example:
         >>> import torch
@@ -103,9 +107,13 @@ class StAdv(FlowAttack):
         >>> bool(flow.abs().max() <= 0.5), torch.equal(atk(images, labels), warp(images, flow).clamp(0, 1))
         (True, True)
         >>> pat = StAdv.pat(model, image_size=32)
-        >>> pat.bound, pat.lr, pat.steps
-        (0.8, 0.16, 100)
+        >>> pat.bound, pat.lr, pat.steps, pat.kappa
+        (0.8, 0.16, 100, None)
+        >>> StAdv.cost({}), StAdv.budget_norm({})
+        (50.0, 'Linf')
     """
+
+    info = AttackInfo("optimization", True, "bound")
 
     def __init__(
         self,
@@ -113,33 +121,40 @@ class StAdv(FlowAttack):
         tau: float = 0.005,
         steps: int = 50,
         lr: float = 0.1,
-        kappa: float = 0.0,
+        kappa: Optional[float] = 0.0,
         bound: Optional[float] = None,
         smooth_eps: float = 1e-8,
         smoothness_padding: str = "none",
         clip_positions: bool = False,
         padding_mode: str = "border",
     ) -> None:
-        check_non_negative(tau, "tau")
-        check_non_negative(steps, "steps", integer=True)
-        check_non_negative(lr, "lr")
-        check_non_negative(kappa, "kappa")
-        if bound is not None:
-            check_non_negative(bound, "bound")
-        check_non_negative(smooth_eps, "smooth_eps")
-        if smoothness_padding not in _SMOOTHNESS_PADDINGS:
-            raise ValueError(
-                f"smoothness_padding: expected one of {_SMOOTHNESS_PADDINGS}, got {smoothness_padding!r}"
-            )
+        tau = check_number(tau, "tau", minimum=0)
+        check_number(steps, "steps", integer=True, minimum=0)
+        lr = check_number(lr, "lr", minimum=0)
+        kappa = check_kappa(kappa)
+        bound = check_number(bound, "bound", minimum=0, allow_none=True)
+        smooth_eps = check_number(smooth_eps, "smooth_eps", minimum=0, exclusive_minimum=True)
+        check_choice(smoothness_padding, "smoothness_padding", _SMOOTHNESS_PADDINGS)
+        check_bool(clip_positions, "clip_positions")
         super().__init__("StAdv", model, padding_mode=padding_mode)
         self.tau = float(tau)
         self.steps = steps
         self.lr = float(lr)
-        self.kappa = float(kappa)
+        self.kappa = kappa
         self.bound = None if bound is None else float(bound)
         self.smooth_eps = float(smooth_eps)
         self.smoothness_padding = smoothness_padding
-        self.clip_positions = bool(clip_positions)
+        self.clip_positions = clip_positions
+
+    @classmethod
+    def budget_norm(cls, params: Mapping[str, Any]) -> str:
+        """``"Linf"``: the budget is the Linf ``bound``."""
+        return "Linf"
+
+    @classmethod
+    def cost(cls, params: Mapping[str, Any]) -> float:
+        """``steps`` forward+backward passes per example (plus one forward)."""
+        return float(cls._param(params, "steps"))
 
     @classmethod
     def pat(
@@ -168,17 +183,17 @@ class StAdv(FlowAttack):
 
     @classmethod
     def _mister_ed(cls, model: nn.Module, image_size: int, bound: float, steps: int, lr: float) -> StAdv:
-        check_non_negative(bound, "bound")
+        check_number(bound, "bound", minimum=0)
         if bound == 0:
             raise ValueError("bound: expected a positive bound (the smoothness weight is 0.0025 / bound), got 0")
-        check_non_negative(lr, "lr")
+        check_number(lr, "lr", minimum=0)
         px = float(normalized_to_pixels(1.0, image_size, align_corners=False))  # px per unit
         return cls(
             model,
             tau=0.0025 / bound / px,
             steps=steps,
             lr=lr * px,
-            kappa=float("inf"),
+            kappa=None,
             bound=bound * px,
             smooth_eps=1e-10 * px**2,
             smoothness_padding="replicate",
@@ -200,6 +215,9 @@ class StAdv(FlowAttack):
 
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
         b, _, h, w = images.shape
+        if self.lr > torch.finfo(images.dtype).max:
+            raise ValueError(f"lr: expected at most {torch.finfo(images.dtype).max:.3g} (the largest "
+                             f"{images.dtype} value, the dtype of the flow), got {self.lr:g}")
         flow = images.new_zeros(b, 2, h, w).requires_grad_(True)
         optimizer = torch.optim.Adam([flow], lr=self.lr)
         best_flow = images.new_zeros(b, 2, h, w)
