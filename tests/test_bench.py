@@ -1,8 +1,9 @@
-"""The benchmark harness (eval/bench.py) on a tiny config, and mixed precision of the penalty."""
+"""The benchmark package (benchmarks/) on a tiny config, its command line, and mixed precision of the penalty."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +12,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from eval.bench import (
-    TARGETS,
-    BenchConfig,
-    _Recorder,
-    evaluate_targets,
-    format_markdown,
-    interleave,
-    peak_memory,
-    plain_stadv,
-    ratio_stats,
-    run_bench,
-    steps_to_rate,
-)
+from benchmarks.attacks import plain_stadv, steps_to_rate
+from benchmarks.common import Recorder as _Recorder
+from benchmarks.config import FORMAT, BenchConfig
+from benchmarks.driver import run_bench
+from benchmarks.report import TARGETS, evaluate_targets, format_markdown
+from benchmarks.timing import interleave, peak_memory, ratio_stats
 from fgr_defense.regularizers import FGR, IGR
 from torchattacks_deform import StAdv
 
@@ -97,13 +91,14 @@ class TestTargets:
         assert got[("FlowPGD / PGD per step, VGG-11", "vgg11")] == (1.2, False)
         assert got[("FGR+RS / IGR", "vgg11")] == (1.5, False)
         assert got[("peak memory FGR+RS / IGR", "vgg11")] == (1.25, True)
-        assert len(got) == 4 and len(TARGETS) == 8
+        assert len(got) == 4 and len(TARGETS) == 9
 
 
 class TestConfig:
     @pytest.mark.parametrize("kwargs, match", [
         ({"models": ("alexnet",)}, "models"), ({"sections": ("nope",)}, "sections"),
-        ({"repeats": 0}, "repeats"), ({"amp": "fp8"}, "amp"), ({"warmup": -1}, "warmup"),
+        ({"repeats": 0}, "repeats"), ({"autocast_dtype": "fp8"}, "autocast_dtype"), ({"warmup": -1}, "warmup"),
+        ({"suite_eps": 0.0}, "suite_eps"), ({"suite_version": "custom"}, "suite_version"),
     ])
     def test_bad_values(self, kwargs: dict, match: str) -> None:
         with pytest.raises(ValueError, match=match):
@@ -123,15 +118,23 @@ def test_plain_stadv_follows_the_library(trained_model: nn.Module, batch: tuple[
     assert flow.shape == (32, 28, 28, 2)
 
 
-def test_quick_run_writes_results(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One quick run of the whole benchmark (float32), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("bench")
+    cfg = BenchConfig.quick_config(out=str(out), threads=1, command="pytest")
+    return run_bench(cfg), out
+
+
+def test_quick_run_writes_results(quick_results: tuple[dict, Path]) -> None:
     """The whole benchmark end to end on the tiny config (SmallCNN, batch 8, two rounds)."""
-    cfg = BenchConfig.quick_config(out=str(tmp_path), threads=1, command="pytest")
-    results = run_bench(cfg)
-    assert results["complete"] and results["format"] == "deform-robust-bench/1"
+    results, tmp_path = quick_results
+    assert results["complete"] and results["format"] == FORMAT == "deform-robust-bench/2"
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["complete"] and len(on_disk["rows"]) == len(results["rows"])
     rows = {(r["section"], r["row"]): r for r in results["rows"]}
-    assert set(rows) == {("attacks", "FlowPGD"), ("attacks", "FlowFGSM"), ("stadv", "StAdv"), ("es", "FlowES")} | {
+    assert set(rows) == {("attacks", "FlowPGD"), ("attacks", "FlowFGSM"), ("stadv", "StAdv"), ("es", "FlowES"),
+                         ("suite", "FlowAutoAttack")} | {
         ("train", n) for n in ("Standard", "IGR", "FGR", "FGR+RS", "FGR+RS (authors)", "AT-PGD", "FGR+RS+AT-PGD")}
     for r in results["rows"]:
         assert r["ratio"]["n"] == 2 and 0 < r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]
@@ -148,17 +151,71 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert ("met" in md) or ("missed" in md)
 
 
+def test_quick_run_suite_row(quick_results: tuple[dict, Path]) -> None:
+    """The suite row: suite / sum-of-parts ratio, counted forwards, worst cases of both."""
+    results, _ = quick_results
+    (row,) = [r for r in results["rows"] if r["section"] == "suite"]
+    for key in ("ratio", "candidate_ms", "reference_ms", "version", "eps", "members", "member_ms",
+                "forwards_suite", "forwards_parts", "forward_images_suite", "forward_images_parts",
+                "forward_images_members", "robust_acc_suite", "robust_acc_parts", "robust_acc_members",
+                "robust_disagree", "cascade"):
+        assert key in row, key
+    assert row["version"] == "fast" and row["batch"] == 8
+    assert row["members"] == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"]
+    ratio = row["ratio"]["median"]
+    assert isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0
+    # The cascade attacks only the examples still robust: it classifies no more images than its parts.
+    assert 0 < row["forward_images_suite"] <= row["forward_images_parts"]
+    assert row["forward_images_parts"] == sum(row["forward_images_members"].values())
+    for key in ("robust_acc_suite", "robust_acc_parts"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["robust_acc_parts"] == min(row["robust_acc_parts"], *row["robust_acc_members"].values())
+    assert [c["name"] for c in row["cascade"]] == row["members"] and row["cascade"][0]["attacked"] == 8
+    assert any(t["target"] == "suite / sum of its parts" for t in results["targets"])
+
+
+def test_quick_run_reduced_precision(tmp_path: Path) -> None:
+    """`--autocast-dtype bf16 --channels-last` reach the trainer and the attacks, and are recorded."""
+    cfg = BenchConfig.quick_config(out=str(tmp_path), threads=1, command="pytest", autocast_dtype="bf16",
+                                   channels_last=True)
+    results = run_bench(cfg)
+    assert results["complete"]
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["config"]["autocast_dtype"] == "bf16" and on_disk["config"]["channels_last"] is True
+    assert {r["section"] for r in on_disk["rows"]} == {"attacks", "stadv", "es", "suite", "train"}
+    assert "torch.autocast(bf16)" in (tmp_path / "bench.md").read_text()
+
+
 def test_cli_entry_points_parse() -> None:
-    from eval.cli import build_parser
+    from benchmarks.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["bench", "--quick", "--models", "smallcnn", "--sections", "attacks"])
-    from eval.bench import config_from_args
-
+    args = build_parser().parse_args(["--quick", "--models", "smallcnn", "--sections", "attacks"])
     cfg = config_from_args(args, "cmd")
     assert cfg.quick and cfg.models == ("smallcnn",) and cfg.sections == ("attacks",)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0 and "--quick" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "--autocast-dtype" in out.stdout and "examples:" in out.stdout
+
+
+def test_cli_precision_options() -> None:
+    from benchmarks.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--autocast-dtype", "bf16", "--channels-last", "--suite-images", "4"])
+    cfg = config_from_args(args, "cmd")
+    assert (cfg.autocast_dtype, cfg.channels_last, cfg.suite_images, cfg.quick) == ("bf16", True, 4, False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--amp", "bf16"])  # the old spelling is gone
+
+
+def test_cli_parser_does_not_import_torch() -> None:
+    code = ("import sys; import benchmarks.cli as cli; cli.build_parser().parse_args(['--quick']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 class TestMixedPrecisionPenalty:

@@ -389,7 +389,7 @@ class TestSplitBackward:
 
     def test_peak_memory_is_lower(self) -> None:
         """VGG-11 (batch 16, CPU allocator): measured 61.5 MB split, 74.9 MB not split, IGR 60.4 MB."""
-        from eval.bench import peak_memory
+        from benchmarks.timing import peak_memory
         from fgr_defense import vgg11
 
         x, y = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
