@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deform-robust-installed
-PKGS := torchattacks_deform fgr_defense eval
+PKGS := torchattacks_deform fgr_defense deform_robust eval benchmarks
 
 .PHONY: install demo test lint typecheck unit bench clean
 
@@ -18,7 +18,7 @@ demo: install
 	$(PY) -m eval demo
 
 lint: install
-	$(PY) -m ruff check $(PKGS) tests docs benchmarks
+	$(PY) -m ruff check $(PKGS) tests docs
 
 typecheck: install
 	$(PY) -m mypy $(PKGS)
@@ -29,7 +29,7 @@ unit: install
 test: lint typecheck unit
 
 bench: install
-	$(PY) -m eval bench
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,15 +1,17 @@
-"""eval: a RobustBench-style harness that runs model zoos against the deformation attack suite.
+"""eval: the repository's experiment harness (not installed), built on the installed packages.
 
 Run from the repository root::
 
-    python -m eval run --config eval/configs/mnist5k.yaml --out results/mnist5k
-    python -m eval zoo --dataset cifar10 --threat-model Linf --models Standard --model-dir models/
-    python -m eval report --out results/mnist5k
-    python -m eval demo
-    torchrun --nproc-per-node 2 -m eval run --config ... --out ...   # cells sharded over ranks
+    python -m eval demo                                      # make demo
+    python -m eval reproduce --preset mnist5k                # the powered CPU experiment
+    python -m eval reproduce --preset cifar10-vgg11 --dry-run
+    python -m eval run --config eval/configs/mnist5k.yaml --out results/x
+    python -m eval report --out results/x
 
-See :mod:`eval.config` for the config schema, :mod:`eval.runner` for how cells, resuming,
-seeds and the worst case work, and :mod:`eval.checks` for the gradient-masking checks.
+Modules, one job each: :mod:`eval.cli` (the command line), :mod:`eval.presets` (presets as data,
+``eval/presets/*.yaml``), :mod:`eval.pipeline` (train, evaluate, compare), :mod:`eval.analysis`
+and :mod:`eval.stats` (the comparison and its statistics, pure), :mod:`eval.report` and
+:mod:`eval.pipeline_report` (Markdown, pure), :mod:`eval.plots` and :mod:`eval.figures`
+(figures), :mod:`eval.provenance` (command, revision, machine). Configs, cells, resuming, the
+attack registry and RobustBench live in the installed :mod:`deform_robust`.
 """
-
-__version__ = "0.1.0"

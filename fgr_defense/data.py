@@ -116,7 +116,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 class _Augmented(Dataset):
     """Apply a per-sample tensor transform on top of a dataset (train-time augmentation)."""
 
-    def __init__(self, base: Dataset, transform: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, base: Dataset, transform: Callable[[Any], Tensor]) -> None:
         self.base = base
         self.transform = transform
 
@@ -166,15 +166,8 @@ def authors_transform(name: str, augment: bool) -> Callable[[Any], Tensor]:
     return T.Compose(ops)
 
 
-class _PILPipeline(Dataset):
+class _PILPipeline(_Augmented):
     """A float-tensor dataset (values ``k / 255``) seen through a PIL transform, like torchvision's."""
-
-    def __init__(self, base: Dataset, transform: Callable[[Any], Tensor]) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
         from PIL import Image

@@ -1,4 +1,8 @@
-"""Evaluation configs: YAML in, validated frozen dataclasses out, errors that name the key.
+"""Evaluation configs: YAML in, validated frozen dataclasses out, errors that name the entry.
+
+**Configs are code.** A config can import and call any ``module:attribute`` (models of
+``source: callable``, attacks of ``family: package.module:callable``), so loading one runs
+that code with your permissions. Only run configs from a trusted source.
 
 Schema (every key except ``models`` and ``attacks`` is optional)::
 
@@ -6,42 +10,44 @@ Schema (every key except ``models`` and ``attacks`` is optional)::
     seed: 0                       # base seed; every cell derives its own from it
     device: auto                  # auto (CUDA if available) | cpu | cuda | cuda:1
     data:
-      dataset: mnist5k            # mnist5k | mnist | cifar10 | cifar100
-      root: null                  # torchvision root (not needed for mnist5k)
-      n: 1000                     # first n test examples (null = the whole test split)
+      dataset: mnist5k            # a dataset name (mnist5k | mnist | cifar10 | cifar100), or
+                                  # a path: .pt / .npz of images and labels, or an ImageFolder
+      root: null                  # torchvision root for mnist/cifar10/cifar100
+      n: 1000                     # first n test examples (null = all)
       batch_size: 250
+      pipeline: paper             # paper | authors (test images resized, then center-cropped)
     models:                       # rows of the report
       - name: Standard            # unique; shown in tables
-        defense: Standard         # defense family (default: name without a "(...)" suffix,
-                                  # or the checkpoint's meta["defense"])
-        group: SmallCNN           # Table 1 column, e.g. the architecture (default "all")
-        source: checkpoint        # checkpoint | callable | robustbench
-        path: results/train/mnist5k-standard/model.pt     # checkpoint
+        defense: Standard         # default: the name without a trailing "(...)"
+        group: SmallCNN           # Table 1 column (default "all")
+        source: checkpoint        # checkpoint | callable | torchscript | robustbench
+        path: results/train/mnist5k-standard/model.pt     # checkpoint or torchscript file
       - name: Mine
         source: callable
-        callable: fgr_defense.models:SmallCNN             # module:attribute returning nn.Module
+        callable: fgr_defense.models:SmallCNN             # module:attribute returning an nn.Module
         kwargs: {width: 16}
         weights: path/to/state_dict.pt                    # torch.load(weights_only=True)
       - name: Carmon2019Unlabeled
         source: robustbench
         model_dir: models/
-        dataset: cifar10          # default: data.dataset
         threat_model: Linf
-    attacks:                      # columns of the report, one table per attack
-      - family: FlowPGD           # FlowFGSM | FlowPGD | StAdv | FlowES (eval.attacks.ATTACK_FAMILIES)
+    attacks:                      # one table per attack
+      - family: FlowPGD           # deform_robust.registry: a flow attack, torchattacks.<Name>,
+                                  # or package.module:callable
         name: FlowPGD             # default: family; unique
-        budgets: [0.5, 1.0, 1.5]  # pixels, strictly increasing; budget level i = i-th entry
-        params: {steps: 20, alpha_ratio: 0.25}             # constructor keywords
-    checks: {enabled: true, batch: 64, tolerance: 0.01}  # tolerance: gap treated as noise
+        budgets: [0.5, 1.0]       # strictly increasing; pixels (flow) or intensities (pixel attacks)
+        params: {steps: 20, loss: margin, restarts: 2}
+    checks: {enabled: true, batch: 64, tolerance: 0.01}
     plots: {enabled: true, samples: 4, grid: 21, attack: null, models: null}
-    report: {reference_defense: AT-PGD, table1_exclude: [Standard]}   # Table 1 settings
+    report: {reference_defense: AT-PGD, table1_exclude: [Standard]}
 
-Relative paths are relative to the working directory (run from the repository root).
+Every value is validated when the config is parsed: attack parameters by type and by
+building each attack once (:func:`deform_robust.registry.validate_attack`). Relative paths
+are relative to the working directory.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +55,13 @@ from typing import Any
 
 import yaml
 
+from fgr_defense.constants import DATASETS
+from torchattacks_deform.validation import check_number
+
+from .registry import AttackEntry, resolve_attack, validate_attack
+
 __all__ = [
+    "MODEL_SOURCES",
     "AttackConfig",
     "ChecksConfig",
     "ConfigError",
@@ -61,10 +73,11 @@ __all__ = [
     "default_defense",
     "load_config",
     "parse_config",
+    "read_yaml",
 ]
 
-MODEL_SOURCES = ("checkpoint", "callable", "robustbench", "object")
-_DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
+MODEL_SOURCES = ("checkpoint", "callable", "torchscript", "robustbench", "object")
+PIPELINES = ("paper", "authors")
 
 
 class ConfigError(ValueError):
@@ -77,14 +90,12 @@ class DataConfig:
     root: str | None = None
     n: int | None = None
     batch_size: int = 250
+    pipeline: str = "paper"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One model (a row of the report).
-
-    ``source="object"`` is for the Python API only: ``obj`` holds an ``nn.Module``.
-    """
+    """One model (a row of the report). ``source="object"``: ``obj`` holds an ``nn.Module`` (Python API)."""
 
     name: str
     source: str
@@ -120,10 +131,18 @@ class AttackConfig:
     budgets: tuple[float, ...]
     params: dict[str, Any] = field(default_factory=dict)
     key: str = "attacks[?]"
+    entry: AttackEntry | None = field(default=None, compare=False, repr=False)
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "budgets": list(self.budgets),
                 "params": dict(self.params)}
+
+    @property
+    def resolved(self) -> AttackEntry:
+        """The registry entry (resolved when the config was parsed)."""
+        if self.entry is None:
+            return resolve_attack(self.family)
+        return self.entry
 
 
 @dataclass(frozen=True)
@@ -163,9 +182,7 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-able dict that :func:`parse_config` turns back into this config."""
         return {
-            "name": self.name,
-            "seed": self.seed,
-            "device": self.device,
+            "name": self.name, "seed": self.seed, "device": self.device,
             "data": dict(self.data.__dict__),
             "models": [m.spec() for m in self.models],
             "attacks": [a.spec() for a in self.attacks],
@@ -206,30 +223,23 @@ def _fail(key: str, msg: str) -> ConfigError:
 
 def _check_keys(d: Any, key: str, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(d, dict):
-        raise _fail(key, f"expected a mapping, got {type(d).__name__} {d!r}")
-    unknown = sorted(set(d) - allowed)
+        raise _fail(key or "config", f"expected a mapping, got {type(d).__name__} {d!r}")
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
-        raise _fail(f"{key}.{unknown[0]}" if key else unknown[0],
+        raise _fail(f"{key}.{unknown[0]}" if key else str(unknown[0]),
                     f"unknown key; expected one of {sorted(allowed)}")
     return d
 
 
-def _req_int(v: Any, key: str, minimum: int = 0) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _fail(key, f"expected an int >= {minimum}, got {v!r}")
-    if v < minimum:
-        raise _fail(key, f"expected an int >= {minimum}, got {v}")
-    return v
-
-
-def _opt_int(v: Any, key: str, minimum: int = 0) -> int | None:
-    return None if v is None else _req_int(v, key, minimum)
+def _num(v: Any, key: str, **kw: Any) -> Any:
+    try:
+        return check_number(v, key, **kw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _opt_str(v: Any, key: str) -> str | None:
-    if v is None:
-        return None
-    return _req_str(v, key)
+    return None if v is None else _req_str(v, key)
 
 
 def _req_str(v: Any, key: str) -> str:
@@ -244,23 +254,26 @@ def _bool(v: Any, key: str) -> bool:
     return v
 
 
-def _parse_data(d: Any) -> DataConfig:
-    d = _check_keys(d if d is not None else {}, "data", {"dataset", "root", "n", "batch_size"})
-    dataset = d.get("dataset", "mnist5k")
-    if dataset not in _DATASETS:
-        raise _fail("data.dataset", f"expected one of {list(_DATASETS)}, got {dataset!r}")
-    n = _opt_int(d.get("n"), "data.n", 1)
-    bs = _req_int(d.get("batch_size", 250), "data.batch_size", 1)
-    root = _opt_str(d.get("root"), "data.root")
-    return DataConfig(dataset=dataset, root=root, n=n, batch_size=bs)
+def _parse_data(d: Any, check_files: bool) -> DataConfig:
+    d = _check_keys(d if d is not None else {}, "data", {"dataset", "root", "n", "batch_size", "pipeline"})
+    dataset = _req_str(d.get("dataset", "mnist5k"), "data.dataset")
+    if check_files and dataset not in DATASETS and not Path(dataset).exists():
+        raise _fail("data.dataset", f"no dataset named {dataset!r} and no file or folder at that path; expected one "
+                    f"of {sorted(DATASETS)}, a .pt/.npz file of images and labels, or an ImageFolder")
+    pipeline = d.get("pipeline", "paper")
+    if pipeline not in PIPELINES:
+        raise _fail("data.pipeline", f"expected one of {list(PIPELINES)}, got {pipeline!r}")
+    return DataConfig(dataset=dataset, root=_opt_str(d.get("root"), "data.root"),
+                      n=_num(d.get("n"), "data.n", integer=True, minimum=1, allow_none=True),
+                      batch_size=_num(d.get("batch_size", 250), "data.batch_size", integer=True, minimum=1),
+                      pipeline=pipeline)
 
 
 def _parse_model(d: Any, i: int, data: DataConfig, check_files: bool) -> ModelConfig:
-    key = f"models[{i}]"
     allowed = {"name", "source", "defense", "group", "path", "callable", "kwargs", "weights",
                "model_dir", "dataset", "threat_model", "obj"}
-    d = _check_keys(d, key, allowed)
-    name = _req_str(d.get("name"), f"{key}.name")
+    d = _check_keys(d, f"models[{i}]", allowed)
+    name = _req_str(d.get("name"), f"models[{i}].name")
     key = f"models[{i}] ({name})"
     source = d.get("source", "checkpoint")
     if source not in MODEL_SOURCES:
@@ -271,11 +284,11 @@ def _parse_model(d: Any, i: int, data: DataConfig, check_files: bool) -> ModelCo
     if not isinstance(kwargs, dict):
         raise _fail(f"{key}.kwargs", f"expected a mapping of keyword arguments, got {kwargs!r}")
     path = weights = callable_ = model_dir = rb_dataset = threat = None
-    if source == "checkpoint":
+    if source in ("checkpoint", "torchscript"):
         path = _req_str(d.get("path"), f"{key}.path")
         if check_files and not Path(path).is_file():
-            raise _fail(f"{key}.path", f"checkpoint file not found: {path!r} (train it with "
-                        "`python -m fgr_defense train ...` or fix the path)")
+            raise _fail(f"{key}.path", f"{source} file not found: {path!r} (train it with "
+                        "`deform-robust train ...` or fix the path)")
     elif source == "callable":
         callable_ = _req_str(d.get("callable"), f"{key}.callable")
         if ":" not in callable_:
@@ -292,24 +305,19 @@ def _parse_model(d: Any, i: int, data: DataConfig, check_files: bool) -> ModelCo
                         f"data.dataset {data.dataset!r}")
     elif d.get("obj") is None:
         raise _fail(f"{key}.obj", "source 'object' needs an nn.Module in 'obj' (Python API only)")
-    if source != "checkpoint" and d.get("path") is not None:
-        raise _fail(f"{key}.path", f"only used with source 'checkpoint', not {source!r}")
-    return ModelConfig(
-        name=name, source=source, defense=defense, group=group, path=path, callable=callable_,
-        kwargs=dict(kwargs), weights=weights, model_dir=model_dir, dataset=rb_dataset,
-        threat_model=threat, key=key, obj=d.get("obj"),
-    )
+    if source not in ("checkpoint", "torchscript") and d.get("path") is not None:
+        raise _fail(f"{key}.path", f"only used with source 'checkpoint' or 'torchscript', not {source!r}")
+    return ModelConfig(name=name, source=source, defense=defense, group=group, path=path, callable=callable_,
+                       kwargs=dict(kwargs), weights=weights, model_dir=model_dir, dataset=rb_dataset,
+                       threat_model=threat, key=key, obj=d.get("obj"))
 
 
 def _parse_budgets(v: Any, key: str) -> tuple[float, ...]:
     if not isinstance(v, (list, tuple)) or not v:
-        raise _fail(key, f"expected a non-empty list of budgets in pixels, got {v!r}")
+        raise _fail(key, f"expected a non-empty list of budgets, got {v!r}")
     out: list[float] = []
     for j, b in enumerate(v):
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-            raise _fail(f"{key}[{j}]", f"expected a finite number of pixels, got {b!r}")
-        if b < 0:
-            raise _fail(f"{key}[{j}]", f"expected a non-negative budget in pixels, got {b}")
+        b = _num(b, f"{key}[{j}]", minimum=0)
         if out and b <= out[-1]:
             raise _fail(f"{key}[{j}]", f"budgets must be strictly increasing, got {b} after {out[-1]}")
         out.append(float(b))
@@ -317,23 +325,19 @@ def _parse_budgets(v: Any, key: str) -> tuple[float, ...]:
 
 
 def _parse_attack(d: Any, i: int) -> AttackConfig:
-    from .attacks import ATTACK_FAMILIES, validate_params
-
     key = f"attacks[{i}]"
     d = _check_keys(d, key, {"name", "family", "budgets", "params"})
-    family = d.get("family")
-    if family not in ATTACK_FAMILIES:
-        raise _fail(f"{key}.family", f"unknown attack {family!r}; expected one of {sorted(ATTACK_FAMILIES)}")
+    family = _req_str(d.get("family"), f"{key}.family")
     name = _req_str(d.get("name", family), f"{key}.name")
     budgets = _parse_budgets(d.get("budgets"), f"{key}.budgets")
     params = d.get("params") or {}
     if not isinstance(params, dict):
         raise _fail(f"{key}.params", f"expected a mapping, got {params!r}")
     try:
-        validate_params(family, params, f"{key}.params")
+        entry = validate_attack(family, params, budgets, key)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return AttackConfig(name=name, family=family, budgets=budgets, params=dict(params), key=key)
+    return AttackConfig(name=name, family=family, budgets=budgets, params=dict(params), key=key, entry=entry)
 
 
 def parse_config(raw: Any, source: str = "<dict>", check_files: bool = True) -> EvalConfig:
@@ -348,10 +352,11 @@ def parse_config(raw: Any, source: str = "<dict>", check_files: bool = True) -> 
         ...                     "attacks": [{"family": "FlowFGSM", "budgets": [0.5, 1]}]})
         >>> cfg.attacks[0].budgets, cfg.models[0].defense
         ((0.5, 1.0), 'm')
-        >>> parse_config({"models": [], "attacks": [{"family": "Nope", "budgets": [1]}]})
+        >>> parse_config({"models": [], "attacks": [{"family": "FlowPGD", "budgets": [1],
+        ...               "params": {"steps": -5}}]})
         Traceback (most recent call last):
         ...
-        eval.config.ConfigError: <dict>: attacks[0].family: unknown attack 'Nope'; expected one of [...]
+        deform_robust.config.ConfigError: <dict>: attacks[0].params.steps: expected an int >= 0, got -5
     """
     try:
         return _parse(raw, check_files)
@@ -362,7 +367,7 @@ def parse_config(raw: Any, source: str = "<dict>", check_files: bool = True) -> 
 def _parse(raw: Any, check_files: bool) -> EvalConfig:
     allowed = {"name", "seed", "device", "data", "models", "attacks", "checks", "plots", "report"}
     raw = _check_keys(raw, "", allowed)
-    data = _parse_data(raw.get("data"))
+    data = _parse_data(raw.get("data"), check_files)
     attacks_raw = raw.get("attacks")
     if not isinstance(attacks_raw, list) or not attacks_raw:
         raise _fail("attacks", f"expected a non-empty list of attacks, got {attacks_raw!r}")
@@ -376,16 +381,11 @@ def _parse(raw: Any, check_files: bool) -> EvalConfig:
     device = _req_str(raw.get("device", "auto"), "device")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise _fail("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
-    seed = _req_int(raw.get("seed", 0), "seed", 0)
-    name = _req_str(raw.get("name", "eval"), "name")
     checks = _check_keys(raw.get("checks") or {}, "checks", {"enabled", "batch", "tolerance"})
-    tol = checks.get("tolerance", 0.01)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-        raise _fail("checks.tolerance", f"expected a fraction in [0, 1), got {tol!r}")
     checks_cfg = ChecksConfig(
         enabled=_bool(checks.get("enabled", True), "checks.enabled"),
-        batch=_req_int(checks.get("batch", 64), "checks.batch", 1),
-        tolerance=float(tol),
+        batch=_num(checks.get("batch", 64), "checks.batch", integer=True, minimum=1),
+        tolerance=_num(checks.get("tolerance", 0.01), "checks.tolerance", minimum=0, maximum=0.999),
     )
     plots = _check_keys(raw.get("plots") or {}, "plots", {"enabled", "samples", "grid", "attack", "models"})
     plot_attack = _opt_str(plots.get("attack"), "plots.attack")
@@ -398,10 +398,9 @@ def _parse(raw: Any, check_files: bool) -> EvalConfig:
         plot_models = tuple(plot_models)
     plots_cfg = PlotsConfig(
         enabled=_bool(plots.get("enabled", True), "plots.enabled"),
-        samples=_req_int(plots.get("samples", 4), "plots.samples", 1),
-        grid=_req_int(plots.get("grid", 21), "plots.grid", 3),
-        attack=plot_attack,
-        models=plot_models,
+        samples=_num(plots.get("samples", 4), "plots.samples", integer=True, minimum=1),
+        grid=_num(plots.get("grid", 21), "plots.grid", integer=True, minimum=3),
+        attack=plot_attack, models=plot_models,
     )
     report = _check_keys(raw.get("report") or {}, "report", {"reference_defense", "table1_exclude"})
     ref = _req_str(report.get("reference_defense", "AT-PGD"), "report.reference_defense")
@@ -409,7 +408,8 @@ def _parse(raw: Any, check_files: bool) -> EvalConfig:
     if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
         raise _fail("report.table1_exclude", f"expected a list of defense names, got {exclude!r}")
     return EvalConfig(
-        name=name, models=models, attacks=attacks, data=data, seed=seed, device=device,
+        name=_req_str(raw.get("name", "eval"), "name"), models=models, attacks=attacks, data=data,
+        seed=_num(raw.get("seed", 0), "seed", integer=True, minimum=0), device=device,
         checks=checks_cfg, plots=plots_cfg,
         report=ReportConfig(reference_defense=ref, table1_exclude=tuple(exclude)),
     )
@@ -423,19 +423,27 @@ def _unique(names: list[str], key: str, field_name: str) -> None:
         seen.add(n)
 
 
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The content of a YAML file, with errors that name it.
+
+    Raises:
+        FileNotFoundError: no such file (``"<what>: no file at ..."``).
+        ConfigError: not valid YAML or not UTF-8 (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {str(path)!r}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a valid YAML file: {err}") from None
+
+
 def load_config(path: str | Path, check_files: bool = True) -> EvalConfig:
-    """Read and validate a YAML config file.
+    """Read and validate a YAML config file (configs are code: see the module docstring).
 
     Raises:
         FileNotFoundError: no such file.
         ConfigError: invalid content (the message names the file and the key).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config: no file at {str(path)!r}")
-    with open(path) as fh:
-        try:
-            raw = yaml.safe_load(fh)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(raw, source=str(path), check_files=check_files)
+    return parse_config(read_yaml(path), source=str(path), check_files=check_files)

@@ -1,4 +1,4 @@
-"""eval.checks: each gradient-masking check is triggered by a model built to show that failure."""
+"""deform_robust.checks: each gradient-masking check is triggered by a model built to show that failure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.checks import (
+from deform_robust.checks import (
     GradientMaskingWarning,
     check_budget,
     check_es_beats_gradients,
@@ -21,8 +21,10 @@ from eval.checks import (
     check_zero_gradients,
     model_checks,
 )
-from eval.config import parse_config
-from eval.runner import evaluate
+from deform_robust.config import parse_config
+from deform_robust.data import TestData
+from deform_robust.runner import run_config
+from eval.report import write_report
 
 
 class Softmaxed(nn.Module):
@@ -83,8 +85,9 @@ def _run(tmp: Path, model: nn.Module, attacks: list[dict[str, Any]], data: tuple
     cfg = parse_config({"data": {"dataset": "mnist5k", "batch_size": 64},
                         "models": [{"name": "suspect", "source": "object", "obj": model}],
                         "attacks": attacks, "checks": {"batch": 16}})
-    res = evaluate(cfg, tmp, data=data, plots=False)
+    res = run_config(cfg, tmp, data=TestData(data[0], data[1], "test", 10))
     assert res is not None
+    write_report(res, tmp, [])
     return res
 
 
@@ -130,9 +133,21 @@ class TestResultChecks:
         assert {"es_beats_gradients", "zero_gradients"} <= checks
 
     def test_no_es_warning_on_healthy_model(self) -> None:
-        cells = [{"model": "m", "attack": a, "budget_index": 0, "budget": 1.0, "robust_acc": r}
+        cells = [{"model": "m", "attack": a, "budget": 1.0, "robust_acc": r, "uses_gradients": a != "FlowES"}
                  for a, r in [("FlowPGD", 0.2), ("FlowFGSM", 0.5), ("FlowES", 0.4)]]
-        assert check_es_beats_gradients(cells, {"FlowES"}) == []
+        assert check_es_beats_gradients(cells) == []
+
+    def test_es_is_compared_at_equal_budgets_only(self) -> None:
+        """A gradient-free attack with a larger budget is no evidence of masking; at the same budget it is."""
+        grad = [{"model": "m", "attack": "FlowPGD", "budget": b, "robust_acc": r, "uses_gradients": True}
+                for b, r in [(0.5, 0.6), (1.0, 0.3)]]
+        es_larger = [{"model": "m", "attack": "FlowES", "budget": 1.0, "robust_acc": 0.4, "uses_gradients": False}]
+        assert check_es_beats_gradients(grad + es_larger) == []  # 0.4 at 1.0 px vs PGD 0.3 at 1.0 px
+        es_same = [{"model": "m", "attack": "FlowES", "budget": 0.5, "robust_acc": 0.4, "uses_gradients": False}]
+        found = check_es_beats_gradients(grad + es_same)  # 0.4 vs 0.6 at 0.5 px: fires
+        assert [(f["check"], f["budget"]) for f in found] == [("es_beats_gradients", 0.5)]
+        pixel = [{**grad[0], "space": "pixel", "attack": "PGD", "robust_acc": 0.1}]
+        assert check_es_beats_gradients(grad + es_same + pixel)  # pixel-space cells are a separate group
 
     def test_non_monotone_budget_on_ramp_model(self, tmp_path: Path) -> None:
         with pytest.warns(GradientMaskingWarning, match="non_monotone_budget"):
@@ -148,6 +163,6 @@ class TestResultChecks:
         assert len(check_monotone_budget(cells)) == 1
 
     def test_budget_exceeded(self) -> None:
-        ok = {"model": "m", "attack": "A", "budget": 1.0, "budget_norm": "L2", "flow_linf_max": 3.0, "flow_l2_max": 1.0}
+        ok = {"model": "m", "attack": "A", "budget": 1.0, "budget_norm": "L2", "linf_max": 3.0, "l2_max": 1.0}
         assert check_budget(ok) == []
-        assert check_budget({**ok, "flow_l2_max": 1.1})[0]["check"] == "budget_exceeded"
+        assert check_budget({**ok, "l2_max": 1.1})[0]["check"] == "budget_exceeded"

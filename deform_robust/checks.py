@@ -11,9 +11,9 @@ Checks:
     - ``zero_gradients``: the loss gradient w.r.t. the input or the flow is exactly zero for
       some examples (gradient attacks cannot move them);
     - ``randomized``: two forward passes of the same batch disagree;
-    - ``es_beats_gradients``: at some budget level the gradient-free FlowES leaves a lower
-      robust accuracy than every gradient attack (the gradients are less useful than
-      random search: a classic sign of masking);
+    - ``es_beats_gradients``: at some budget the gradient-free FlowES leaves a lower robust
+      accuracy than every gradient attack at the same budget (the gradients are less useful
+      than random search: a classic sign of masking);
     - ``non_monotone_budget``: robust accuracy rises with the budget for an attack (a larger
       flow budget contains the smaller one, so a sound attack cannot do worse);
     - ``budget_exceeded``: an attack returned a flow larger than its budget.
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchattacks_deform.flow import warp
+from torchattacks_deform import warp
 
 __all__ = [
     "GradientMaskingWarning",
@@ -179,44 +179,47 @@ def check_monotone_budget(cells: Sequence[dict[str, Any]], tolerance: float = 0.
     return out
 
 
-def check_es_beats_gradients(
-    cells: Sequence[dict[str, Any]], gradient_free: set[str], tolerance: float = 0.0
-) -> list[Finding]:
-    """Flag budget levels where a gradient-free attack beats every gradient attack.
+def check_es_beats_gradients(cells: Sequence[dict[str, Any]], tolerance: float = 0.0) -> list[Finding]:
+    """Flag budgets at which a gradient-free attack beats every gradient attack of the same space.
 
-    Cells are compared per model at the same budget level (the i-th budget of each attack).
+    Cells are compared per model at **equal budgets** (same value, same space, flow or
+    pixel), so a stronger budget of the gradient-free attack can never fire the check. A
+    gradient-free attack that leaves fewer robust examples than every gradient attack at the
+    same budget means the gradients mislead the attacks: a classic sign of gradient masking.
 
     Args:
-        cells: attack cells with ``model``, ``attack``, ``budget_index``, ``budget``, ``robust_acc``.
-        gradient_free: names of the gradient-free attacks in ``cells``.
-        tolerance: margin (fraction) by which ES must be lower to be flagged.
+        cells: attack cells with ``model``, ``attack``, ``budget``, ``robust_acc``,
+            ``uses_gradients`` and ``space`` (default ``"flow"``).
+        tolerance: margin (fraction) by which the gradient-free attack must be lower.
 
     Example:
-        >>> cells = [{"model": "m", "attack": a, "budget_index": 0, "budget": 1.0, "robust_acc": r}
-        ...          for a, r in [("PGD", 0.8), ("FGSM", 0.9), ("ES", 0.3)]]
-        >>> [f["check"] for f in check_es_beats_gradients(cells, {"ES"})]
+        >>> cells = [{"model": "m", "attack": a, "budget": 1.0, "robust_acc": r, "uses_gradients": g}
+        ...          for a, r, g in [("PGD", 0.8, True), ("FGSM", 0.9, True), ("ES", 0.3, False)]]
+        >>> [f["check"] for f in check_es_beats_gradients(cells)]
         ['es_beats_gradients']
+        >>> cells[2]["budget"] = 2.0  # a larger budget is no evidence
+        >>> check_es_beats_gradients(cells)
+        []
     """
     out: list[Finding] = []
-    levels: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for c in cells:
         if float(c["budget"]) > 0:
-            levels[(c["model"], int(c["budget_index"]))].append(c)
-    for (model, level), group in sorted(levels.items()):
-        grad = [c for c in group if c["attack"] not in gradient_free]
+            groups[(c["model"], c.get("space", "flow"), float(c["budget"]))].append(c)
+    for (model, _space, budget), group in sorted(groups.items()):
+        grad = [c for c in group if c.get("uses_gradients", True)]
         if not grad:
             continue
         best_grad = min(grad, key=lambda c: c["robust_acc"])
-        for es in (c for c in group if c["attack"] in gradient_free):
+        for es in (c for c in group if not c.get("uses_gradients", True)):
             if es["robust_acc"] < best_grad["robust_acc"] - tolerance:
                 out.append(_finding(
                     "es_beats_gradients", model,
-                    f"at budget level {level}, gradient-free {es['attack']} ({es['budget']:g} px) "
-                    f"leaves {es['robust_acc']:.2%} robust accuracy, below every gradient attack "
-                    f"(best: {best_grad['attack']} {best_grad['robust_acc']:.2%} at "
-                    f"{best_grad['budget']:g} px). The gradients mislead the attacks: a sign of "
-                    "gradient masking.",
-                    attack=es["attack"], level=level,
+                    f"at budget {budget:g}, gradient-free {es['attack']} leaves {es['robust_acc']:.2%} robust "
+                    f"accuracy, below every gradient attack at the same budget (best: {best_grad['attack']} "
+                    f"{best_grad['robust_acc']:.2%}). The gradients mislead the attacks: a sign of gradient "
+                    "masking.",
+                    attack=es["attack"], budget=budget,
                 ))
     return out
 
@@ -226,16 +229,16 @@ def check_budget(cell: dict[str, Any], rtol: float = 1e-4, atol: float = 1e-5) -
 
     Example:
         >>> check_budget({"model": "m", "attack": "PGD", "budget": 1.0, "budget_norm": "Linf",
-        ...               "flow_linf_max": 1.5, "flow_l2_max": 9.0})[0]["check"]
+        ...               "linf_max": 1.5, "l2_max": 9.0})[0]["check"]
         'budget_exceeded'
     """
-    key = "flow_linf_max" if cell["budget_norm"] == "Linf" else "flow_l2_max"
+    key = "linf_max" if cell["budget_norm"] == "Linf" else "l2_max"
     size = cell.get(key)
     if size is None or size <= cell["budget"] * (1 + rtol) + atol:
         return []
     return [_finding(
         "budget_exceeded", cell["model"],
-        f"{cell['attack']} at budget {cell['budget']:g} px returned a flow of "
-        f"{cell['budget_norm']} norm {size:.4g} px: the attack ignores its budget.",
+        f"{cell['attack']} at budget {cell['budget']:g} {cell.get('budget_unit', 'px')} returned a perturbation of "
+        f"{cell['budget_norm']} norm {size:.4g}: the attack ignores its budget.",
         attack=cell["attack"], budget=cell["budget"],
     )]

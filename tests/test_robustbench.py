@@ -1,4 +1,4 @@
-"""eval + RobustBench: a real zoo architecture, saved where load_model expects it, loaded offline."""
+"""deform_robust + RobustBench: a real zoo architecture, saved where load_model expects it, loaded offline."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from eval.robustbench_compat import (
+from deform_robust.data import TestData
+from deform_robust.robustbench import (
     expected_weight_files,
     import_robustbench_utils,
     load_robustbench_model,
     robustbench_entry,
 )
-from eval.zoo import run_zoo, zoo_config
+from deform_robust.zoo import run_zoo, zoo_config
 
 # Wong2020Fast (CIFAR-10, Linf) is a PreActResNet-18 with input normalization: the smallest
 # real zoo architecture that runs in well under a second on two 32x32 images on a CPU.
@@ -80,14 +81,19 @@ def test_missing_weights_name_the_file_and_never_download(tmp_path: Path, no_net
     assert not (tmp_path / "cifar10").exists()  # robustbench was not even asked
     cfg = zoo_config("cifar10", "Linf", ["Standard"], str(tmp_path), SUITE)
     with pytest.raises(FileNotFoundError, match=r"Standard.*Standard\.pt"):
-        run_zoo(cfg, tmp_path / "out", data=(torch.rand(2, 3, 32, 32), torch.tensor([0, 1])))
+        run_zoo(cfg, tmp_path / "out", data=TestData(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), "test", 10))
 
 
-def test_zoo_cli_reports_missing_weights(tmp_path: Path, no_network: None, capsys: pytest.CaptureFixture[str]) -> None:
-    from eval.cli import main
+@pytest.mark.parametrize("prog", ["deform-robust", "python -m eval"])
+def test_zoo_cli_reports_missing_weights(tmp_path: Path, no_network: None, capsys: pytest.CaptureFixture[str],
+                                         prog: str) -> None:
+    from deform_robust.cli import main as installed
+    from eval.cli import main as harness
 
+    main = installed if prog == "deform-robust" else harness
     code = main(["zoo", "--dataset", "cifar10", "--threat-model", "Linf", "--models", "Standard,Carmon2019Unlabeled",
-                 "--model-dir", str(tmp_path / "models"), "--out", str(tmp_path / "out")])
+                 "--model-dir", str(tmp_path / "models"), "--data-root", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
     assert "error:" in err and str(tmp_path / "models" / "cifar10" / "Linf" / "Standard.pt") in err
@@ -115,13 +121,14 @@ def test_real_zoo_architecture_loads_offline_and_is_evaluated(tmp_path: Path, zo
     cfg = zoo_config("cifar10", "Linf", [NAME], str(zoo_dir), SUITE, device="cpu")
     with torch.no_grad():
         y = model(x).argmax(1)  # labels the model gets right, so the attacks have work to do
-    paths = run_zoo(cfg, tmp_path, data=(x, y))
+    paths = run_zoo(cfg, tmp_path, data=TestData(x, y, "test", 10))
     assert paths == [tmp_path / "cifar10" / "Linf" / f"{NAME}.json"]
     rec = json.loads(paths[0].read_text())
     assert rec["name"] == NAME and rec["dataset"] == "cifar10" and rec["threat_model"] == "Linf"
     assert rec["architecture"] == "Wong2020FastNet" and rec["clean_acc"] == 100.0
     assert set(rec["deformation_acc"]) == {"FlowFGSM", "FlowPGD"}
     assert set(rec["deformation_acc"]["FlowPGD"]) == {"0.25"}
-    assert rec["suite"]["version"].startswith("deform-robust-eval/") and rec["suite"]["budget_unit"] == "pixels"
+    assert rec["suite"]["version"].startswith("deform-robust-eval/") and rec["suite"]["budget_unit"].startswith("pixels")
+    assert rec["deformation_worst_case_acc"] == {"0.25": rec["deformation_worst_case_acc"]["0.25"]}
     assert rec["weights_sha256"] and rec["n_examples"] == 2
-    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "results.csv").is_file()

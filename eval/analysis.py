@@ -1,0 +1,166 @@
+"""The comparison a pipeline reports: families of defenses at equal clean accuracy, over seeds.
+
+Two views, both from the harness results of each seed (no torch, no runner):
+
+**Frontier (the primary analysis).** For a pair ``hi - lo`` (e.g. ``FGR - IGR``), a metric
+(an attack at a budget, or the worst case over the suite at a budget) and a seed: every
+instance ``i`` of ``hi`` whose clean accuracy ``c_i`` lies inside the clean-accuracy range of
+``lo``'s instances contributes ``robust_hi(i) - robust_lo(c_i)``, where ``robust_lo(c)`` is
+``lo``'s frontier interpolated at ``c`` (:func:`eval.stats.interpolate`). The seed's gain is
+the mean over those instances (undefined when none is inside the range). Over seeds: mean
+and 95% t-interval (:func:`eval.stats.seed_stats`). The *summary* of a pair is, per seed, the
+mean gain over all attack x budget metrics, then its mean and interval over seeds; its
+verdict follows the pre-registered rule of :func:`eval.stats.verdict`.
+
+**Matched (the paper's Table 1 rule).** Per seed, each family is represented by its instance
+whose clean accuracy is closest to the reference defense's (AT-PGD) of the same seed; the
+robust accuracies of these instances and their differences are summarized over seeds.
+
+Gains are percentage points; accuracies fractions.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Mapping, Optional, Sequence
+
+from .stats import interpolate, match_instances, seed_stats, verdict
+
+__all__ = ["WORST", "analyze", "metrics_of", "robust_of"]
+
+#: The metric name of the worst case over the suite.
+WORST = "worst case"
+
+
+def metrics_of(results: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """``(attack, budget)`` of every attack cell with a positive budget, then ``(WORST, budget)``.
+
+    Example:
+        >>> res = {"config": {"attacks": [{"name": "A", "budgets": [0.0, 0.5]}]},
+        ...        "worst_case": [{"model": "m", "budget": 0.5}]}
+        >>> metrics_of(res)
+        [('A', 0.5), ('worst case', 0.5)]
+    """
+    out = [(a["name"], float(b)) for a in results["config"]["attacks"] for b in a["budgets"] if b > 0]
+    out += [(WORST, float(b)) for b in sorted({w["budget"] for w in results["worst_case"]})]
+    return out
+
+
+def robust_of(results: Mapping[str, Any]) -> dict[tuple[str, str, float], float]:
+    """``{(model, metric, budget): robust accuracy}`` of attack cells and worst cases."""
+    out = {(c["model"], c["attack"], float(c["budget"])): c["robust_acc"] for c in results["cells"]}
+    out.update({(w["model"], WORST, float(w["budget"])): w["robust_acc"] for w in results["worst_case"]})
+    return out
+
+
+def _pool(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": m["name"], "defense": m["defense"], "clean_acc": m["clean_acc"]} for m in results["models"]]
+
+
+def _frontier_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str,
+                   lo: str, metric: tuple[str, float]) -> tuple[Optional[float], list[str]]:
+    attack, budget = metric
+    lo_pts = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in pool
+              if m["defense"] == lo and (m["name"], attack, budget) in robust]
+    diffs, used = [], []
+    for m in pool:
+        if m["defense"] != hi or (m["name"], attack, budget) not in robust:
+            continue
+        base = interpolate(lo_pts, m["clean_acc"])
+        if base is not None:
+            diffs.append(100.0 * (robust[(m["name"], attack, budget)] - base))
+            used.append(m["name"])
+    return (statistics.fmean(diffs) if diffs else None), used
+
+
+def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
+    defined = [v for v in values if v is not None]
+    base = seed_stats(defined) if defined else {"values": [], "n": 0, "mean": None, "std": None, "ci95": None}
+    return {**base, "per_seed": list(values)}
+
+
+def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pairs: Sequence[Sequence[str]],
+            reference: str, paper: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
+    """Frontier and matched comparisons of ``families`` over the seeds of ``runs``.
+
+    Args:
+        runs: ``{seed: harness results}``, every instance of the families attacked in each.
+        families: the defenses compared, e.g. ``["IGR", "FGR", "FGR+RS"]``.
+        pairs: ``[[hi, lo], ...]``, e.g. ``[["FGR", "IGR"]]``.
+        reference: the defense whose clean accuracy the matched view targets (per seed).
+        paper: ``{"FGR - IGR": (min, mean, max)}`` of the paper, shown beside ours.
+
+    Returns:
+        A JSON-able dict: ``seeds``, ``metrics``, ``frontier`` (``gains`` per pair x metric,
+        ``summary`` per pair over the attack metrics, ``summary_worst`` over the worst-case
+        metrics), ``matched`` (``selection``, ``cells``, ``gains``).
+    """
+    seeds = sorted(runs)
+    first = runs[seeds[0]]
+    metrics = metrics_of(first)
+    attack_metrics = [m for m in metrics if m[0] != WORST]
+    worst_metrics = [m for m in metrics if m[0] == WORST]
+    pools = {s: _pool(runs[s]) for s in seeds}
+    robust = {s: robust_of(runs[s]) for s in seeds}
+    gains: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    summary_worst: list[dict[str, Any]] = []
+    for hi, lo in pairs:
+        pair = f"{hi} - {lo}"
+        per_metric: dict[tuple[str, float], list[Optional[float]]] = {}
+        for metric in metrics:
+            vals, used = [], []
+            for s in seeds:
+                g, names = _frontier_gain(pools[s], robust[s], hi, lo, metric)
+                vals.append(g)
+                used.append(names)
+            per_metric[metric] = vals
+            gains.append({"pair": pair, "attack": metric[0], "budget": metric[1], **_stats(vals),
+                          "instances_used": used})
+        for chosen, target in ((attack_metrics, summary), (worst_metrics, summary_worst)):
+            per_seed: list[Optional[float]] = []
+            for k in range(len(seeds)):
+                vals_k = [v for v in (per_metric[m][k] for m in chosen) if v is not None]
+                per_seed.append(statistics.fmean(vals_k) if vals_k else None)
+            st = _stats(per_seed)
+            cells = [statistics.fmean(v for v in per_metric[m] if v is not None) for m in chosen
+                     if any(v is not None for v in per_metric[m])]
+            target.append({"pair": pair, **st, "metrics": len(chosen), "cells_defined": len(cells),
+                           "cells_positive": sum(c > 0 for c in cells),
+                           "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined",
+                           "paper": list(paper[pair]) if paper and pair in paper else None})
+    return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs],
+            "metrics": [list(m) for m in metrics],
+            "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
+            "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
+
+
+def _matched(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], pools: Mapping[int, Any],
+             robust: Mapping[int, Any], families: Sequence[str], pairs: Sequence[Sequence[str]], reference: str,
+             metrics: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    selection, targets = [], {}
+    chosen: dict[int, dict[str, str]] = {}
+    for s in seeds:
+        refs = [m for m in pools[s] if m["defense"] == reference]
+        targets[s] = refs[0]["clean_acc"] if refs else None
+        chosen[s] = match_instances(pools[s], families, targets[s])
+        by_name = {m["name"]: m for m in pools[s]}
+        for f, name in chosen[s].items():
+            selection.append({"seed": s, "family": f, "model": name, "clean_acc": by_name[name]["clean_acc"],
+                              "target": targets[s],
+                              "candidates": [{"model": m["name"], "clean_acc": m["clean_acc"]}
+                                             for m in pools[s] if m["defense"] == f]})
+    fams = [f for f in families if all(f in chosen[s] for s in seeds)]
+    cells, gains = [], []
+    for attack, budget in metrics:
+        acc = {f: [robust[s].get((chosen[s][f], attack, budget)) for s in seeds] for f in fams}
+        for f in fams:
+            cells.append({"attack": attack, "budget": budget, "family": f, **_stats(acc[f])})
+        for hi, lo in pairs:
+            if hi in acc and lo in acc:
+                diff = [None if a is None or b is None else 100.0 * (a - b) for a, b in zip(acc[hi], acc[lo])]
+                gains.append({"pair": f"{hi} - {lo}", "attack": attack, "budget": budget, **_stats(diff)})
+    clean = [{"family": f, **_stats([next(r["clean_acc"] for r in selection if r["seed"] == s and r["family"] == f)
+                                     for s in seeds])} for f in fams]
+    return {"reference": reference, "targets": {str(s): targets[s] for s in seeds}, "selection": selection,
+            "families": fams, "clean": clean, "cells": cells, "gains": gains}

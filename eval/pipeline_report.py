@@ -1,0 +1,210 @@
+"""``report.md`` and the CSV/JSON outputs of a pipeline (:mod:`eval.pipeline`). Pure rendering: no torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from deform_robust.results import CSV_FIELDS, write_csv
+from fgr_defense.checkpoint import atomic_write_text
+
+from .analysis import WORST
+from .report import md_table, pct, render_report
+
+__all__ = ["format_summary", "render_pipeline_report", "write_pipeline_outputs"]
+
+_CAPTIONS = {"frontier.png": "robust vs clean accuracy of every instance (frontier)",
+             "matched.png": "the matched instances' robust accuracy vs budget, mean and 95% interval over seeds",
+             "matching.png": "clean accuracy of every instance vs its weight, and the matched ones"}
+
+
+def _pm(st: dict[str, Any], scale: float = 1.0, sign: bool = False) -> str:
+    if st.get("mean") is None:
+        return "n/a"
+    m = scale * st["mean"]
+    text = f"{m:+.2f}" if sign else f"{m:.2f}"
+    if st.get("ci95"):
+        lo, hi = (scale * v for v in st["ci95"])
+        text += f" [{lo:+.2f}, {hi:+.2f}]" if sign else f" [{lo:.2f}, {hi:.2f}]"
+    return text
+
+
+def _seeds(values: Sequence[Optional[float]]) -> str:
+    return ", ".join("n/a" if v is None else f"{v:+.2f}" for v in values)
+
+
+def _verdict_section(res: dict[str, Any]) -> list[str]:
+    a = res["analysis"]
+    crit = res["preset"]["analysis"].get("criterion")
+    parts = ["## Verdict", ""]
+    if crit:
+        parts += [f"**Pre-registered criterion** (written before the run, in the preset): {crit.strip()}", ""]
+    rows = []
+    for label, summary in (("attacks", a["frontier"]["summary"]), (WORST, a["frontier"]["summary_worst"])):
+        for s in summary:
+            paper = f"{s['paper'][1]:+.1f} ({s['paper'][0]:+.1f} to {s['paper'][2]:+.1f})" if s.get("paper") else ""
+            rows.append([s["pair"], label, _seeds(s["per_seed"]), _pm(s, sign=True), f"**{s['verdict']}**",
+                         f"{s['cells_positive']}/{s['cells_defined']}", paper])
+    parts += [md_table(["pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
+                        "cells > 0", "paper: mean (min to max)"], rows), ""]
+    parts += ["The gain of an instance is its robust accuracy minus the baseline family's frontier interpolated at "
+              "its clean accuracy (instances outside the baseline's clean-accuracy range are not counted); a seed's "
+              "gain is the mean over its instances and over the attack × budget cells (row `attacks`) or the "
+              "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds.", ""]
+    return parts
+
+
+def _frontier_section(res: dict[str, Any]) -> list[str]:
+    a = res["analysis"]
+    pairs = [f"{hi} - {lo}" for hi, lo in a["pairs"]]
+    gain = {(g["pair"], g["attack"], g["budget"]): g for g in a["frontier"]["gains"]}
+    rows = [[attack, f"{budget:g}"] + [_pm(gain[(p, attack, budget)], sign=True)
+                                       + f" ({gain[(p, attack, budget)]['n']}/{len(a['seeds'])})" for p in pairs]
+            for attack, budget in a["metrics"]]
+    parts = ["## Frontier: robust vs clean accuracy", ""]
+    if "frontier.png" in res["figures"]:
+        parts += ["![frontier](frontier.png)", ""]
+    parts += ["Frontier gain in points, mean [95% CI] over seeds (seeds where it is defined):", "",
+              md_table(["metric", "budget (px)"] + pairs, rows), ""]
+    return parts
+
+
+def _matched_section(res: dict[str, Any]) -> list[str]:
+    m = res["analysis"]["matched"]
+    seeds = res["analysis"]["seeds"]
+    parts = [f"## Matched to {m['reference']}'s clean accuracy (the paper's Table 1 rule)", ""]
+    rows = []
+    for s in seeds:
+        row = [str(s), pct(m["targets"][str(s)]) if m["targets"][str(s)] is not None else "n/a"]
+        for f in m["families"]:
+            r = next(x for x in m["selection"] if x["seed"] == s and x["family"] == f)
+            row.append(f"{r['model']} ({pct(r['clean_acc'])})")
+        rows.append(row)
+    parts += [md_table(["seed", f"{m['reference']} clean %"] + m["families"], rows), ""]
+    cell = {(c["attack"], c["budget"], c["family"]): c for c in m["cells"]}
+    gain = {(g["attack"], g["budget"], g["pair"]): g for g in m["gains"]}
+    pairs = list(dict.fromkeys(g["pair"] for g in m["gains"]))
+    rows = []
+    for attack, budget in res["analysis"]["metrics"]:
+        rows.append([attack, f"{budget:g}"] + [_pm(cell[(attack, budget, f)], scale=100) for f in m["families"]]
+                    + [_pm(gain[(attack, budget, p)], sign=True) for p in pairs])
+    parts += ["Robust accuracy (%) of the matched instances, mean [95% CI] over seeds, and their differences "
+              "(points):", "", md_table(["metric", "budget (px)"] + m["families"] + pairs, rows), ""]
+    parts += [f"![{f[:-4]}]({f})" for f in ("matched.png", "matching.png") if f in res["figures"]]
+    return parts + [""]
+
+
+def _table1_section(res: dict[str, Any]) -> list[str]:
+    t1 = res["table1"]
+    rows = [[d, str(c["TOTAL"])] for d, c in t1["counts"].items()]
+    return [f"## Table 1 count (seed {res['header']['main_seed']})", "",
+            f"Cells won out of {len(t1['cells'])} (flow attack × budget; ties count for every tied defense); "
+            f"representatives matched to {t1['reference']}. The paper's Table 1 (MNIST: AT-PGD 3, FGR+RS+AT-PGD 5; "
+            "CIFAR-10: FGR+RS 2, FGR+RS+AT-PGD 6; CIFAR-100: FGR+RS 6, FGR+RS+AT-PGD 2) counts its own cells.", "",
+            md_table(["defense", "cells won"], rows), ""]
+
+
+def _anchor_section(res: dict[str, Any]) -> list[str]:
+    a = res["preset"]["anchor"]
+    rows = [[r["label"], r["model"], f"{r['clean']:.2f}", f"{r['adv']:.2f}",
+             _pm(r["our_clean"], scale=100) if r["our_clean"] else "n/a",
+             _pm(r["our_adv"], scale=100) if r["our_adv"] else "n/a"] for r in res["anchor"]]
+    return [f"## Anchor: {a['title']}", "", a["description"].strip(), "",
+            md_table(["setting", "our model", "published clean %", "published adv. %", "our clean % [95% CI]",
+                      "our adv. % [95% CI]"], rows), ""]
+
+
+def _setup_section(res: dict[str, Any]) -> list[str]:
+    pre = res["preset"]
+    sched = pre["training"].get("schedule")
+    rows = []
+    for t in res["training"]:
+        spec = t["spec"]
+        lam = f"{spec['lam']:g} (batch {spec.get('lam_batch_size')})" if spec.get("lam") is not None else ""
+        rows.append([str(t["seed"]), t["model"], t["defense"], f"{t['weight']:.4g}" if t["weight"] else "", lam,
+                     f"{t['train_s']:.0f}" + (" (cached)" if t["cached"] else ""),
+                     pct(t["train_acc"]) if t.get("train_acc") is not None else ""])
+    attacks = "; ".join(f"{a.get('name', a['family'])} ({a['family']}, budgets "
+                        f"{', '.join(f'{b:g}' for b in a['budgets'])} px"
+                        + (", " + ", ".join(f"{k}={v}" for k, v in a.get("params", {}).items()) if a.get("params") else "")
+                        + ")" for a in pre["eval"].get("attacks", []))
+    return ["## Setup", "",
+            f"- Training: `{pre['training'].get('dataset')}`, model `{pre['training'].get('model')}`, schedule "
+            f"`{json.dumps(sched)}`, augmentation {pre['training'].get('augment', True)}, pipeline "
+            f"`{pre['training'].get('pipeline', 'paper')}`.",
+            f"- Evaluation: `{json.dumps(pre['eval'].get('data', {}))}`; attacks: {attacks}.",
+            "- `weight` is this package's per-example penalty weight (flows in pixels); `lam` is the paper's lambda "
+            "(the authors' reduction: gradient of the batch-mean cross-entropy, squared norm summed per example and "
+            "averaged over the batch, flows in normalized align_corners=True units), converted by "
+            "`fgr_defense.paper_lambda_to_weight`: FGR weight = lam·((W-1)/2)²/B², IGR weight = lam/B².",
+            *[f"- {n}" for n in pre["notes"]], "",
+            md_table(["seed", "model", "defense", "weight", "paper lambda", "train s", "train acc %"], rows), ""]
+
+
+def render_pipeline_report(res: dict[str, Any]) -> str:
+    """The Markdown report of a pipeline results dict (``results.json``)."""
+    h = res["header"]
+    main = str(h["main_seed"])
+    parts = [f"# {h['title']}", "",
+             f"- Command: `{h['command']}`",
+             f"- Git revision: `{h['git_revision']}` (code sha256 {h['code_sha256']})",
+             f"- Seeds: training {', '.join(map(str, h['seeds']))} (main seed {h['main_seed']}); attack seed "
+             f"{h['eval_seed']}",
+             f"- Wall time: {h['wall_s']:.0f} s (training {h['train_s']:.0f} s: {h['models_trained']} model(s) trained, "
+             f"{h['models_cached']} from cache; evaluation and figures {h['eval_s']:.0f} s)",
+             f"- Hardware: {h['cpu']} ({h['cpu_count']} cores), device `{h['device']}`"
+             + (f" ({h['gpu']})" if h.get("gpu") else "")
+             + f", {h['threads']} torch thread(s); torch {h['torch']}, Python {h['python']}; finished {h['finished_at']}",
+             ""]
+    if res["preset"]["changes"]:
+        parts += ["**Changed from the preset for this run: " + "; ".join(res["preset"]["changes"]) + ".**", ""]
+    if res.get("anchor"):
+        parts += _anchor_section(res)
+    if res.get("analysis"):
+        parts += _verdict_section(res) + _frontier_section(res) + _matched_section(res)
+    parts += _table1_section(res)
+    parts += _setup_section(res)
+    body = render_report(res["runs"][main], [f for f in res["figures"] if f not in _CAPTIONS])
+    lines = [("#" + ln if ln.startswith("## ") else ln) for ln in body.splitlines()]
+    lines[0] = f"## Seed {main}: every model (harness report)"
+    return "\n".join(parts + lines).rstrip() + "\n"
+
+
+def write_pipeline_outputs(res: dict[str, Any], out: Path) -> None:
+    """``results.json`` (cells without their fingerprint components), ``results.csv``, ``frontier.csv``, ``report.md``."""
+    rows = []
+    for s, r in res["runs"].items():
+        by_model = {m["name"]: m for m in r["models"]}
+        rows += [{**c, "seed": s, "defense": by_model[c["model"]]["defense"], "group": by_model[c["model"]]["group"]}
+                 for c in r["cells"]]
+    write_csv(out / "results.csv", rows, ["seed", *CSV_FIELDS])
+    if res.get("analysis"):
+        gains = [{"view": "frontier", **g} for g in res["analysis"]["frontier"]["gains"]]
+        gains += [{"view": "matched", **g} for g in res["analysis"]["matched"]["gains"]]
+        write_csv(out / "frontier.csv", gains, ["view", "pair", "attack", "budget", "mean", "ci95", "std", "n",
+                                                "per_seed"])
+    slim = {**res, "runs": {s: {**r, "cells": [{k: v for k, v in c.items() if k != "components"} for c in r["cells"]]}
+                            for s, r in res["runs"].items()}}
+    atomic_write_text(out / "results.json", json.dumps(slim, indent=1, default=str) + "\n")
+    atomic_write_text(out / "report.md", render_pipeline_report(res))
+
+
+def format_summary(res: dict[str, Any]) -> str:
+    """A few plain-text lines: the verdict of each pair and the wall time."""
+    lines = []
+    for r in res.get("anchor") or []:
+        lines.append(f"anchor {r['label']}: published {r['clean']:.2f} / {r['adv']:.2f}, ours "
+                     f"{_pm(r['our_clean'], scale=100) if r['our_clean'] else 'n/a'} / "
+                     f"{_pm(r['our_adv'], scale=100) if r['our_adv'] else 'n/a'}")
+    summaries = (("attacks", res["analysis"]["frontier"]["summary"]),
+                 (WORST, res["analysis"]["frontier"]["summary_worst"])) if res.get("analysis") else ()
+    for label, summary in summaries:
+        for s in summary:
+            paper = f" (paper: {s['paper'][1]:+.1f})" if s.get("paper") else ""
+            lines.append(f"{s['pair']:<14} over {label:<10} frontier gain {_pm(s, sign=True)} points: "
+                         f"{s['verdict']}{paper}")
+    h = res["header"]
+    lines.append(f"wall time {h['wall_s']:.0f}s (train {h['train_s']:.0f}s, eval {h['eval_s']:.0f}s); "
+                 f"revision {h['git_revision']}")
+    return "\n".join(lines)

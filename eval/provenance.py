@@ -1,0 +1,83 @@
+"""Provenance of a committed result: the command, git revision, code fingerprint and machine.
+
+Torch-free except :func:`machine`, which imports torch only when called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ROOT", "code_fingerprint", "git_revision", "machine"]
+
+#: The repository root (the folder holding eval/).
+ROOT = Path(__file__).resolve().parent.parent
+#: The sources whose bytes make up :func:`code_fingerprint`.
+CODE_DIRS = ("eval", "fgr_defense", "torchattacks_deform", "deform_robust")
+
+
+def git_revision(root: str | Path = ROOT, exclude: str | Path | None = None) -> str:
+    """``git rev-parse --short HEAD``, plus ``+dirty`` when tracked or untracked files differ.
+
+    ``exclude`` (e.g. the output folder) is left out of the dirty check; ``"unknown"``
+    outside a git checkout.
+    """
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=30).stdout.strip()
+        spec = ["--", "."]
+        if exclude is not None:
+            try:
+                rel = Path(exclude).resolve().relative_to(Path(root).resolve())
+                spec.append(f":(exclude){rel.as_posix()}")
+            except ValueError:
+                pass  # outside the repository: nothing to exclude
+        status = subprocess.run(["git", "status", "--porcelain", *spec], cwd=root, capture_output=True,
+                                text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if status.strip() else "")
+
+
+def code_fingerprint(root: str | Path = ROOT) -> str:
+    """SHA-256 (16 hex digits) over the Python sources, configs and presets of the packages.
+
+    Lets a reader check that a committed report was produced by the committed code.
+    """
+    h = hashlib.sha256()
+    root = Path(root)
+    files = sorted(p for pkg in CODE_DIRS for pat in ("*.py", "*.yaml", "configs/*.yaml", "presets/*.yaml")
+                   for p in (root / pkg).glob(pat))
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: Any = None) -> dict[str, Any]:
+    """Where numbers were taken: CPU/GPU, cores, torch threads and versions, and when."""
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": _cpu_name(),
+                            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "device": str(device) if device is not None else "cpu",
+                            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
