@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .stats import interpolate, match_instances, seed_stats, verdict
 
-__all__ = ["WORST", "analyze", "metrics_of", "robust_of"]
+__all__ = ["WORST", "analyze", "attack_strength", "metrics_of", "robust_of"]
 
 #: The metric name of the worst case over the suite.
 WORST = "worst case"
@@ -164,3 +164,39 @@ def _matched(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], pools:
                                      for s in seeds])} for f in fams]
     return {"reference": reference, "targets": {str(s): targets[s] for s in seeds}, "selection": selection,
             "families": fams, "clean": clean, "cells": cells, "gains": gains}
+
+
+def attack_strength(runs: Mapping[int, Mapping[str, Any]], pairs: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """Is attack ``a`` at least as strong as attack ``b`` on every model, seed and shared budget?
+
+    For each pair ``[a, b]`` and budget both were run at: the robust accuracy of every model of
+    every seed under ``a`` and under ``b``, the number of (model, seed) where ``a`` left *more*
+    robust examples than ``b`` (``a`` weaker), the largest such excess (points), and the mean
+    robust accuracy of each.
+
+    Example:
+        >>> run = {"cells": [{"model": "m", "attack": "A", "budget": 0.5, "robust_acc": 0.2},
+        ...                  {"model": "m", "attack": "B", "budget": 0.5, "robust_acc": 0.3}]}
+        >>> r = attack_strength({0: run}, [["A", "B"]])[0]
+        >>> r["weaker"], r["pairs"], round(r["mean_a"], 3), round(r["mean_b"], 3)
+        (0, 1, 0.2, 0.3)
+    """
+    out = []
+    for a, b in pairs:
+        budgets = sorted({c["budget"] for r in runs.values() for c in r["cells"] if c["attack"] == a}
+                         & {c["budget"] for r in runs.values() for c in r["cells"] if c["attack"] == b})
+        for budget in budgets:
+            diffs, ra, rb = [], [], []
+            for res in runs.values():
+                acc = {(c["model"], c["attack"]): c["robust_acc"] for c in res["cells"] if c["budget"] == budget}
+                for model in sorted({m for m, att in acc if att == a}):
+                    if (model, b) in acc:
+                        ra.append(acc[(model, a)])
+                        rb.append(acc[(model, b)])
+                        diffs.append(100.0 * (acc[(model, a)] - acc[(model, b)]))
+            if diffs:
+                out.append({"a": a, "b": b, "budget": budget, "pairs": len(diffs),
+                            "weaker": sum(d > 0 for d in diffs), "max_excess": max(0.0, max(diffs)),
+                            "mean_a": statistics.fmean(ra), "mean_b": statistics.fmean(rb),
+                            "mean_gap": statistics.fmean(diffs)})
+    return out

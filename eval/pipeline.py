@@ -31,7 +31,7 @@ from fgr_defense.naming import slugify
 from fgr_defense.regularizers import paper_lambda_to_weight
 from fgr_defense.spec import TrainSpec, train_from_spec
 
-from .analysis import analyze
+from .analysis import analyze, attack_strength
 from .figures import frontier_plot, matched_plot, matching_plot
 from .pipeline_report import write_pipeline_outputs
 from .plots import budget_plots, model_plots
@@ -220,6 +220,7 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
                    "eval": {k: v for k, v in p.eval_part().items() if k != "plots"}},
         "training": trained, "runs": {str(s): r for s, r in runs.items()}, "analysis": analysis,
         "table1": table1(runs[p.main_seed]), "figures": figures,
+        "strength": attack_strength(runs, p.analysis.get("stronger", [])),
         "anchor": _anchor_rows(p, runs) if p.anchor else None,
     }
     _remove_stale(out, figures)

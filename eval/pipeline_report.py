@@ -26,6 +26,8 @@ def _pm(st: dict[str, Any], scale: float = 1.0, sign: bool = False) -> str:
     text = f"{m:+.2f}" if sign else f"{m:.2f}"
     if st.get("ci95"):
         lo, hi = (scale * v for v in st["ci95"])
+        if scale == 100:  # an accuracy: its interval is shown within [0, 100]
+            lo, hi = max(lo, 0.0), min(hi, 100.0)
         text += f" [{lo:+.2f}, {hi:+.2f}]" if sign else f" [{lo:.2f}, {hi:.2f}]"
     return text
 
@@ -89,10 +91,24 @@ def _matched_section(res: dict[str, Any]) -> list[str]:
     for attack, budget in res["analysis"]["metrics"]:
         rows.append([attack, f"{budget:g}"] + [_pm(cell[(attack, budget, f)], scale=100) for f in m["families"]]
                     + [_pm(gain[(attack, budget, p)], sign=True) for p in pairs])
-    parts += ["Robust accuracy (%) of the matched instances, mean [95% CI] over seeds, and their differences "
-              "(points):", "", md_table(["metric", "budget (px)"] + m["families"] + pairs, rows), ""]
+    parts += ["Robust accuracy (%) of the matched instances, mean [95% CI, shown within 0-100] over seeds, and their "
+              "differences (points):", "", md_table(["metric", "budget (px)"] + m["families"] + pairs, rows), ""]
     parts += [f"![{f[:-4]}]({f})" for f in ("matched.png", "matching.png") if f in res["figures"]]
     return parts + [""]
+
+
+def _strength_section(res: dict[str, Any]) -> list[str]:
+    rows = [[f"{r['a']} vs {r['b']}", f"{r['budget']:g}", f"{100 * r['mean_a']:.2f}", f"{100 * r['mean_b']:.2f}",
+             f"{r['mean_gap']:+.2f}", f"{r['pairs'] - r['weaker']}/{r['pairs']}", f"{r['max_excess']:.2f}"]
+            for r in res.get("strength") or []]
+    if not rows:
+        return []
+    return ["## Attack strength check", "",
+            "Is the first attack at least as strong as the second on every model of every seed (lower robust "
+            "accuracy is stronger)?", "",
+            md_table(["attacks", "budget (px)", "mean robust % (first)", "mean robust % (second)",
+                      "mean gap (points)", "models where first <= second", "largest excess of first (points)"], rows),
+            ""]
 
 
 def _table1_section(res: dict[str, Any]) -> list[str]:
@@ -163,8 +179,7 @@ def render_pipeline_report(res: dict[str, Any]) -> str:
         parts += _anchor_section(res)
     if res.get("analysis"):
         parts += _verdict_section(res) + _frontier_section(res) + _matched_section(res)
-    parts += _table1_section(res)
-    parts += _setup_section(res)
+    parts += _strength_section(res) + _table1_section(res) + _setup_section(res)
     body = render_report(res["runs"][main], [f for f in res["figures"] if f not in _CAPTIONS])
     lines = [("#" + ln if ln.startswith("## ") else ln) for ln in body.splitlines()]
     lines[0] = f"## Seed {main}: every model (harness report)"

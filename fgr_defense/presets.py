@@ -141,6 +141,12 @@ def _check_dataset(dataset: str) -> dict[str, int]:
     return dataset_info(dataset)
 
 
+def _parts(canonical: str) -> tuple[bool, bool, bool]:
+    """Whether a defense has a gradient regularizer, adversarial training, and a random start."""
+    return (canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD"), canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD"),
+            canonical in ("FGR+RS", "FGR+RS+AT-PGD"))
+
+
 def check_defense_args(
     name: str,
     *,
@@ -168,9 +174,7 @@ def check_defense_args(
         ValueError: lam: expected a finite number >= 0, got nan
     """
     canonical = resolve_defense_name(name)
-    uses_reg = canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
-    uses_at = canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD")
-    uses_rs = canonical in ("FGR+RS", "FGR+RS+AT-PGD")
+    uses_reg, uses_at, uses_rs = _parts(canonical)
     check_number(lam, "lam", minimum=0, allow_none=True)
     check_number(weight, "weight", minimum=0, allow_none=True)
     check_number(lam_batch_size, "lam_batch_size", integer=True, minimum=1)
@@ -235,9 +239,7 @@ def build_defense(
                                    variant=variant, eps=eps)
     info = _check_dataset(dataset)
     size = info["size"]
-    uses_reg = canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD")
-    uses_at = canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD")
-    uses_rs = canonical in ("FGR+RS", "FGR+RS+AT-PGD")
+    uses_reg, uses_at, uses_rs = _parts(canonical)
     config: dict[str, Any] = {"defense": canonical, "dataset": dataset}
 
     regularizer: GradientRegularizer | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -34,18 +36,25 @@ class TestHelp:
         _no_torch("from eval.cli import build_parser; build_parser()")
         _no_torch("import eval.report, eval.stats, eval.analysis, eval.pipeline_report")
 
-    def test_every_option_has_help_and_examples(self, capsys: pytest.CaptureFixture[str]) -> None:
-        parser = build_parser()
+    @pytest.mark.parametrize("module", ["deform_robust.cli", "eval.cli", "fgr_defense.cli", "benchmarks.cli"])
+    def test_every_option_has_help_and_every_parser_examples(self, module: str) -> None:
+        parser = importlib.import_module(module).build_parser()
+        parsers = [("", parser)]
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parsers += [(name, p) for a in subs for name, p in a.choices.items()]
+        for name, p in parsers:
+            text = p.format_help()
+            assert "example" in text, f"{module} {name}: no examples in --help"
+            for action in p._actions:
+                if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
+                    assert action.help, f"{module} {name} {action.option_strings} has no help"
+
+    def test_help_exits_zero_with_examples(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as info:
-            parser.parse_args(["--help"])
+            build_parser().parse_args(["--help"])
         assert info.value.code == 0
         text = capsys.readouterr().out
         assert "examples:" in text and "deform-robust evaluate --model" in text
-        sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
-        for name, p in sub.choices.items():
-            for action in p._actions:
-                if action.dest != "help":
-                    assert action.help, f"{name} {action.option_strings} has no help"
 
     def test_verbose_before_and_after_the_subcommand(self) -> None:
         p = build_parser()

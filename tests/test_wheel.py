@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,8 +29,13 @@ README = ROOT / "README.md"
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("wheel")
+    # Build from a clean copy of the sources: setuptools builds in <source>/build, and a stale build folder
+    # could carry modules the checkout no longer has into the wheel.
+    src = base / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "results", "build", "*.egg-info", "__pycache__", ".hypothesis", ".*_cache", "data", "models"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "-w", str(base / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "-w", str(base / "dist"), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr
     (wheel,) = (base / "dist").glob("deform_robust-*.whl")
     site = base / "site"

@@ -30,7 +30,7 @@ from .losses import attack_loss, margin_loss
 from .pgd import FlowPGD
 from .stadv import StAdv
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AttackInfo",
