@@ -13,8 +13,12 @@ mean gain over all attack x budget metrics, then its mean and interval over seed
 verdict follows the pre-registered rule of :func:`eval.stats.verdict`.
 
 **Matched (the paper's Table 1 rule).** Per seed, each family is represented by its instance
-whose clean accuracy is closest to the reference defense's (AT-PGD) of the same seed; the
-robust accuracies of these instances and their differences are summarized over seeds.
+whose clean accuracy is closest to the reference defense's (AT-PGD) of the same seed (of the
+first seed that has one, when a seed trains no reference); the robust accuracies of these
+instances and their differences are summarized over seeds.
+
+With ``zero_weight`` (e.g. ``"Standard"``: every family at weight 0 is standard training), that
+defense's model joins the baseline family's frontier points.
 
 Gains are percentage points; accuracies fractions.
 """
@@ -58,10 +62,10 @@ def _pool(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _frontier_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str,
-                   lo: str, metric: tuple[str, float]) -> tuple[Optional[float], list[str]]:
+                   lo: str, metric: tuple[str, float], zero: Optional[str] = None) -> tuple[Optional[float], list[str]]:
     attack, budget = metric
     lo_pts = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in pool
-              if m["defense"] == lo and (m["name"], attack, budget) in robust]
+              if m["defense"] in (lo, zero) and (m["name"], attack, budget) in robust]
     diffs, used = [], []
     for m in pool:
         if m["defense"] != hi or (m["name"], attack, budget) not in robust:
@@ -80,7 +84,8 @@ def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
 
 
 def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pairs: Sequence[Sequence[str]],
-            reference: str, paper: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, Any]:
+            reference: str, paper: Optional[Mapping[str, Sequence[float]]] = None,
+            zero_weight: Optional[str] = None) -> dict[str, Any]:
     """Frontier and matched comparisons of ``families`` over the seeds of ``runs``.
 
     Args:
@@ -89,6 +94,8 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
         pairs: ``[[hi, lo], ...]``, e.g. ``[["FGR", "IGR"]]``.
         reference: the defense whose clean accuracy the matched view targets (per seed).
         paper: ``{"FGR - IGR": (min, mean, max)}`` of the paper, shown beside ours.
+        zero_weight: a defense that is every family at weight 0 (``"Standard"``): its models join the
+            baseline's frontier points, so that the frontier reaches the unregularized model.
 
     Returns:
         A JSON-able dict: ``seeds``, ``metrics``, ``frontier`` (``gains`` per pair x metric,
@@ -111,7 +118,7 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
         for metric in metrics:
             vals, used = [], []
             for s in seeds:
-                g, names = _frontier_gain(pools[s], robust[s], hi, lo, metric)
+                g, names = _frontier_gain(pools[s], robust[s], hi, lo, metric, zero_weight)
                 vals.append(g)
                 used.append(names)
             per_metric[metric] = vals
@@ -129,7 +136,7 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
                            "cells_positive": sum(c > 0 for c in cells),
                            "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined",
                            "paper": list(paper[pair]) if paper and pair in paper else None})
-    return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs],
+    return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs], "zero_weight": zero_weight,
             "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
             "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
@@ -143,6 +150,10 @@ def _matched(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], pools:
     for s in seeds:
         refs = [m for m in pools[s] if m["defense"] == reference]
         targets[s] = refs[0]["clean_acc"] if refs else None
+    main_target = next((targets[s] for s in seeds if targets[s] is not None), None)
+    for s in seeds:  # a seed without the reference model is matched to the main seed's target
+        if targets[s] is None:
+            targets[s] = main_target
         chosen[s] = match_instances(pools[s], families, targets[s])
         by_name = {m["name"]: m for m in pools[s]}
         for f, name in chosen[s].items():

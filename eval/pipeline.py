@@ -191,7 +191,7 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     if p.analysis.get("families"):
         analysis = analyze(runs, p.analysis["families"],
                            p.analysis.get("pairs", [["FGR", "IGR"], ["FGR+RS", "IGR"], ["FGR+RS", "FGR"]]),
-                           p.analysis.get("reference", "AT-PGD"), p.paper_gains())
+                           p.analysis.get("reference", "AT-PGD"), p.paper_gains(), p.analysis.get("zero_weight"))
     out.mkdir(parents=True, exist_ok=True)
     figures: list[str] = []
     if p.raw.get("plots", {}).get("enabled", True):

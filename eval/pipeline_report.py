@@ -50,8 +50,11 @@ def _verdict_section(res: dict[str, Any]) -> list[str]:
                          f"{s['cells_positive']}/{s['cells_defined']}", paper])
     parts += [md_table(["pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
                         "cells > 0", "paper: mean (min to max)"], rows), ""]
+    zero = a.get("zero_weight")
     parts += ["The gain of an instance is its robust accuracy minus the baseline family's frontier interpolated at "
-              "its clean accuracy (instances outside the baseline's clean-accuracy range are not counted); a seed's "
+              "its clean accuracy" + (f" (the baseline's frontier includes the {zero} model: every family at weight "
+                                      "0)" if zero else "")
+              + " (instances outside the baseline's clean-accuracy range are not counted); a seed's "
               "gain is the mean over its instances and over the attack × budget cells (row `attacks`) or the "
               "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds.", ""]
     return parts

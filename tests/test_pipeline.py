@@ -82,7 +82,7 @@ class TestTinyRun:
             cell_means = []
             for attack, budget in a["metrics"]:
                 igr = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in run["models"]
-                       if m["defense"] == "IGR"]
+                       if m["defense"] in ("IGR", a["zero_weight"])]
                 diffs = []
                 for m in run["models"]:
                     if m["defense"] == "FGR":
@@ -189,3 +189,36 @@ class TestPresets:
             prepare(str(bad))
         with pytest.raises(PresetError, match="--epochs"):
             load_preset("tiny", epochs=0)
+
+
+def test_matched_view_uses_the_main_targets_when_a_seed_has_no_reference() -> None:
+    from eval.analysis import analyze
+
+    def run(models: list[tuple[str, str, float]]) -> dict[str, Any]:
+        return {"config": {"attacks": [{"name": "A", "budgets": [0.5]}]}, "worst_case": [],
+                "models": [{"name": n, "defense": d, "clean_acc": c} for n, d, c in models],
+                "cells": [{"model": n, "attack": "A", "budget": 0.5, "robust_acc": c / 2} for n, _, c in models]}
+
+    main = run([("AT", "AT-PGD", 0.90), ("I1", "IGR", 0.95), ("I2", "IGR", 0.89), ("F1", "FGR", 0.91)])
+    other = run([("I1", "IGR", 0.96), ("I2", "IGR", 0.905), ("F1", "FGR", 0.92)])
+    m = analyze({0: main, 1: other}, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD")["matched"]
+    assert m["targets"] == {"0": 0.90, "1": 0.90}
+    assert {(r["seed"], r["family"]): r["model"] for r in m["selection"]} == {
+        (0, "IGR"): "I2", (0, "FGR"): "F1", (1, "IGR"): "I2", (1, "FGR"): "F1"}
+
+
+def test_zero_weight_model_extends_the_baseline_frontier() -> None:
+    from eval.analysis import analyze
+
+    res = {"config": {"attacks": [{"name": "A", "budgets": [0.5]}]}, "worst_case": [],
+           "models": [{"name": "S", "defense": "Standard", "clean_acc": 0.96},
+                      {"name": "I", "defense": "IGR", "clean_acc": 0.90},
+                      {"name": "F", "defense": "FGR", "clean_acc": 0.94}],
+           "cells": [{"model": "S", "attack": "A", "budget": 0.5, "robust_acc": 0.20},
+                     {"model": "I", "attack": "A", "budget": 0.5, "robust_acc": 0.50},
+                     {"model": "F", "attack": "A", "budget": 0.5, "robust_acc": 0.45}]}
+    without = analyze({0: res}, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD")["frontier"]["gains"][0]
+    assert without["per_seed"] == [None]  # F (0.94) lies outside IGR's single point (0.90)
+    with_zero = analyze({0: res}, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD", zero_weight="Standard")
+    # IGR's frontier through (0.90, 0.50) and Standard (0.96, 0.20): 0.30 at 0.94; F has 0.45 -> +15 points
+    assert with_zero["frontier"]["gains"][0]["per_seed"][0] == pytest.approx(15.0)
