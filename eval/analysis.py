@@ -20,6 +20,13 @@ instances and their differences are summarized over seeds.
 With ``zero_weight`` (e.g. ``"Standard"``: every family at weight 0 is standard training), that
 defense's model joins the baseline family's frontier points.
 
+**Sensitivity (post hoc, not an endpoint).** The summaries recomputed with two other baselines,
+both of which favour the baseline (they take the best of several noisy baseline models):
+``"dominance"``, the best robust accuracy of any baseline model at least as accurate as the
+instance (counted only when one exists, so instances below the baseline's range count too), and
+``"tolerance"``, the best baseline model within ``tolerance`` of the instance's clean accuracy
+(default 0.006, about one standard error of a clean accuracy near 96% on 1,000 images).
+
 Gains are percentage points; accuracies fractions.
 """
 
@@ -30,10 +37,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .stats import interpolate, match_instances, seed_stats, verdict
 
-__all__ = ["WORST", "analyze", "attack_strength", "metrics_of", "robust_of"]
+__all__ = ["RULES", "WORST", "analyze", "attack_strength", "baseline_at", "metrics_of", "robust_of"]
 
 #: The metric name of the worst case over the suite.
 WORST = "worst case"
+
+#: Baselines of a frontier gain: the pre-registered one first, then the sensitivity rules.
+RULES = ("interpolate", "dominance", "tolerance")
 
 
 def metrics_of(results: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -61,8 +71,35 @@ def _pool(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"name": m["name"], "defense": m["defense"], "clean_acc": m["clean_acc"]} for m in results["models"]]
 
 
+def baseline_at(points: Sequence[tuple[float, float]], clean: float, rule: str = "interpolate",
+                tolerance: float = 0.006) -> Optional[float]:
+    """The baseline's robust accuracy at clean accuracy ``clean`` from its ``(clean, robust)`` points.
+
+    ``"interpolate"``: the piecewise-linear frontier (None outside the points' clean range);
+    ``"dominance"``: the best robust accuracy of the points with clean accuracy >= ``clean``;
+    ``"tolerance"``: the best of the points within ``tolerance`` of ``clean``. None when no point qualifies.
+
+    Example:
+        >>> pts = [(0.90, 0.40), (0.95, 0.20), (0.96, 0.30)]
+        >>> round(baseline_at(pts, 0.93), 6), baseline_at(pts, 0.80), baseline_at(pts, 0.80, "dominance")
+        (0.28, None, 0.4)
+        >>> baseline_at(pts, 0.955, "dominance"), baseline_at(pts, 0.955, "tolerance"), baseline_at(pts, 0.97, "tolerance")
+        (0.3, 0.3, None)
+    """
+    if rule == "interpolate":
+        return interpolate(points, clean)
+    if rule == "dominance":
+        cand = [y for x, y in points if x >= clean]
+    elif rule == "tolerance":
+        cand = [y for x, y in points if abs(x - clean) <= tolerance + 1e-12]
+    else:
+        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
+    return max(cand) if cand else None
+
+
 def _frontier_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str,
-                   lo: str, metric: tuple[str, float], zero: Optional[str] = None) -> tuple[Optional[float], list[str]]:
+                   lo: str, metric: tuple[str, float], zero: Optional[str] = None, rule: str = "interpolate",
+                   tolerance: float = 0.006) -> tuple[Optional[float], list[str]]:
     attack, budget = metric
     lo_pts = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in pool
               if m["defense"] in (lo, zero) and (m["name"], attack, budget) in robust]
@@ -70,7 +107,7 @@ def _frontier_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, st
     for m in pool:
         if m["defense"] != hi or (m["name"], attack, budget) not in robust:
             continue
-        base = interpolate(lo_pts, m["clean_acc"])
+        base = baseline_at(lo_pts, m["clean_acc"], rule, tolerance)
         if base is not None:
             diffs.append(100.0 * (robust[(m["name"], attack, budget)] - base))
             used.append(m["name"])
@@ -136,10 +173,33 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
                            "cells_positive": sum(c > 0 for c in cells),
                            "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined",
                            "paper": list(paper[pair]) if paper and pair in paper else None})
+    sens = [{"rule": rule, "pair": f"{hi} - {lo}", "over": label,
+             **_summary(pools, robust, seeds, hi, lo, chosen, zero_weight, rule)}
+            for rule in RULES[1:] for hi, lo in pairs
+            for label, chosen in (("attacks", attack_metrics), (WORST, worst_metrics))]
     return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs], "zero_weight": zero_weight,
+            "sensitivity": sens,
             "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
             "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
+
+
+def _summary(pools: Mapping[int, Any], robust: Mapping[int, Any], seeds: Sequence[int], hi: str, lo: str,
+             metrics: Sequence[tuple[str, float]], zero: Optional[str], rule: str) -> dict[str, Any]:
+    """Per seed, the mean gain over ``metrics`` under ``rule``; its stats, verdict and instances counted."""
+    per_seed: list[Optional[float]] = []
+    used: list[list[str]] = []
+    for s in seeds:
+        vals, names = [], set()
+        for metric in metrics:
+            g, n = _frontier_gain(pools[s], robust[s], hi, lo, metric, zero, rule)
+            if g is not None:
+                vals.append(g)
+                names.update(n)
+        per_seed.append(statistics.fmean(vals) if vals else None)
+        used.append(sorted(names))
+    st = _stats(per_seed)
+    return {**st, "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined", "instances_used": used}
 
 
 def _matched(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], pools: Mapping[int, Any],

@@ -33,7 +33,7 @@ from fgr_defense.spec import TrainSpec, train_from_spec
 
 from .analysis import analyze, attack_strength
 from .figures import frontier_plot, matched_plot, matching_plot
-from .pipeline_report import write_pipeline_outputs
+from .pipeline_report import RESULTS_FORMAT, write_pipeline_outputs
 from .plots import budget_plots, model_plots
 from .presets import Instance, Preset, load_preset
 from .provenance import code_fingerprint, git_revision, machine
@@ -44,7 +44,6 @@ __all__ = ["RESULTS_FORMAT", "describe", "eval_config", "prepare", "run_pipeline
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FORMAT = "deform-robust-pipeline/2"
 _FIGURES = ("frontier.png", "matched.png", "matching.png")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from eval.analysis import robust_of
+from eval.analysis import baseline_at, robust_of
 from eval.cli import main
 from eval.pipeline import describe, prepare, train_specs
 from eval.presets import PresetError, available_presets, load_preset
@@ -115,6 +115,52 @@ class TestTinyRun:
             assert f"| {m['name']} | {m['defense']} |" in report
             assert pct(m["clean_acc"]) in report
         assert "Pre-registered criterion" in report and res["preset"]["analysis"]["criterion"].split()[0] in report
+
+    def test_sensitivity_recomputed_from_the_runs(self, tiny: tuple[Path, dict[str, Any], str]) -> None:
+        _, res, report = tiny
+        a = res["analysis"]
+        rules = {"dominance": lambda pts, c: [y for x, y in pts if x >= c],
+                 "tolerance": lambda pts, c: [y for x, y in pts if abs(x - c) <= 0.006 + 1e-12]}
+        for rule, candidates in rules.items():
+            for over in ("attacks", "worst case"):
+                per_seed = []
+                for seed in a["seeds"]:
+                    run = res["runs"][str(seed)]
+                    robust = robust_of(run)
+                    means = []
+                    for attack, budget in a["metrics"]:
+                        if (attack == "worst case") != (over == "worst case"):
+                            continue
+                        igr = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in run["models"]
+                               if m["defense"] in ("IGR", "Standard")]
+                        diffs = [100 * (robust[(m["name"], attack, budget)] - max(candidates(igr, m["clean_acc"])))
+                                 for m in run["models"] if m["defense"] == "FGR" and candidates(igr, m["clean_acc"])]
+                        if diffs:
+                            means.append(statistics.fmean(diffs))
+                    per_seed.append(statistics.fmean(means) if means else None)
+                s = next(x for x in a["sensitivity"] if x["rule"] == rule and x["pair"] == "FGR - IGR"
+                         and x["over"] == over)
+                assert s["per_seed"] == pytest.approx(per_seed)
+        assert "Sensitivity to the baseline (post hoc, not the endpoint)" in report
+
+    def test_report_recomputes_a_pipeline_folder(self, tiny: tuple[Path, dict[str, Any], str], tmp_path: Path) -> None:
+        _, res, _ = tiny
+        stale = {**res, "analysis": {k: v for k, v in res["analysis"].items() if k != "sensitivity"}}
+        (tmp_path / "results.json").write_text(json.dumps(stale))
+        assert main(["report", "--out", str(tmp_path)]) == 0
+        again = json.loads((tmp_path / "results.json").read_text())
+        assert again["analysis"] == res["analysis"]  # recomputed, sensitivity included
+        assert again["header"]["wall_s"] == res["header"]["wall_s"] and again["runs"] == res["runs"]
+        report = (tmp_path / "report.md").read_text()
+        assert "- Re-rendered: `python -m eval report --out" in report and "Sensitivity to the baseline" in report
+
+    def test_baseline_rules(self) -> None:
+        pts = [(0.90, 0.40), (0.95, 0.20), (0.96, 0.30)]
+        assert baseline_at(pts, 0.95, "dominance") == 0.30 and baseline_at(pts, 0.97, "dominance") is None
+        assert baseline_at(pts, 0.9055, "tolerance") == 0.40 and baseline_at(pts, 0.93, "tolerance") is None
+        assert baseline_at(pts, 0.925) == pytest.approx(0.30)
+        with pytest.raises(ValueError, match="rule"):
+            baseline_at(pts, 0.9, "best")
 
     def test_second_run_is_cached(self, tiny: tuple[Path, dict[str, Any], str]) -> None:
         out, res, _ = tiny
