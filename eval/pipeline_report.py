@@ -93,7 +93,7 @@ def _sensitivity_section(res: dict[str, Any]) -> list[str]:
             "The same summaries with two baselines that favour the baseline family: the best robust accuracy of any "
             "baseline model (Standard included) at least as accurate as the instance (so instances below the "
             "baseline's clean-accuracy range count too), and the best baseline model within 0.6 points of the "
-            "instance's clean accuracy (about one standard error on 1,000 images). Both take the best of several noisy "
+            "instance's clean accuracy (about one standard error of a 96% clean accuracy measured on 1,000 images). Both take the best of several noisy "
             "models, so they are biased toward the baseline; the verdict above uses the pre-registered interpolation.",
             "", md_table(["baseline", "pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
                           "instances counted per seed"], rows), ""]
