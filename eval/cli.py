@@ -46,6 +46,18 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _sub(sub: Any, name: str, help: str, description: str, *examples: str,
+         plots: bool = False) -> argparse.ArgumentParser:
+    """A sub-command with the shared formatter, an examples epilog, ``-v`` and (``plots``) ``--no-plots``."""
+    epilog = ("example:\n" if len(examples) == 1 else "examples:\n") + "".join(f"  {e}\n" for e in examples)
+    parser: argparse.ArgumentParser = sub.add_parser(name, formatter_class=HelpFormatter, help=help,
+                                                     description=description, epilog=epilog)
+    if plots:
+        _no_plots(parser)
+    add_verbose(parser, top=False)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m eval`` parser (no torch import)."""
     p = argparse.ArgumentParser(prog="python -m eval", formatter_class=HelpFormatter, epilog=_EPILOG,
@@ -53,48 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
                                             "reproductions, reports and figures.")
     add_verbose(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,report,zoo,demo,reproduce}")
-    run = sub.add_parser("run", formatter_class=HelpFormatter, help="a config's grid of models x attacks x budgets",
-                         description="Run (or resume) every cell of a config; write results, report.md and figures.",
-                         epilog="example:\n  python -m eval run --config eval/configs/mnist5k.yaml --out results/x\n")
+    run = _sub(sub, "run", "a config's grid of models x attacks x budgets",
+               "Run (or resume) every cell of a config; write results, report.md and figures.",
+               "python -m eval run --config eval/configs/mnist5k.yaml --out results/x", plots=True)
     add_run_arguments(run)
-    _no_plots(run)
-    add_verbose(run, top=False)
-    rep = sub.add_parser("report", formatter_class=HelpFormatter, help="re-render report.md from results.json",
-                         description="Re-render report.md (and the budget figures) of a finished run. On a demo or reproduce "
-                                     "folder, recompute the analysis from the stored cells (no training, no attack) "
-                                     "and say so in the report's header.",
-                         epilog="examples:\n  python -m eval report --out results/x\n"
-                                "  python -m eval report --out results/mnist5k\n")
+    rep = _sub(sub, "report", "re-render report.md from results.json",
+               "Re-render report.md (and the budget figures) of a finished run. On a demo or reproduce folder, "
+               "recompute the analysis from the stored cells (no training, no attack) and say so in the report's "
+               "header.", "python -m eval report --out results/x", "python -m eval report --out results/mnist5k")
     rep.add_argument("--out", required=True, help="the run's output folder (holding results.json)")
-    add_verbose(rep, top=False)
-    zoo = sub.add_parser("zoo", formatter_class=HelpFormatter, help="RobustBench zoo entries (weights on disk)",
-                         description="`deform-robust zoo` plus report.md and figures.",
-                         epilog="example:\n  python -m eval zoo --dataset cifar10 --models Standard --model-dir models "
-                                "--data-root data\n")
+    zoo = _sub(sub, "zoo", "RobustBench zoo entries (weights on disk)", "`deform-robust zoo` plus report.md and figures.",
+               "python -m eval zoo --dataset cifar10 --models Standard --model-dir models --data-root data",
+               plots=True)
     add_zoo_arguments(zoo)
-    _no_plots(zoo)
-    add_verbose(zoo, top=False)
-    demo = sub.add_parser("demo", formatter_class=HelpFormatter,
-                          help="a newcomer's first run: FGR vs IGR at equal clean accuracy on MNIST-5k (CPU, <15 min)",
-                          description="Train, attack and compare on MNIST-5k with the demo preset "
-                                      "(eval/presets/demo.yaml); cached and resumable.",
-                          epilog="example:\n  python -m eval demo --out results/demo\n")
+    demo = _sub(sub, "demo", "a newcomer's first run: FGR vs IGR at equal clean accuracy on MNIST-5k (CPU, <15 min)",
+                "Train, attack and compare on MNIST-5k with the demo preset (eval/presets/demo.yaml); cached and "
+                "resumable.", "python -m eval demo --out results/demo")
     demo.add_argument("--out", default="results/demo", help="output folder (checkpoints cached in OUT/cache)")
     demo.add_argument("--preset", default="demo", help="preset name or YAML path (tests use 'tiny')")
     _pipeline_options(demo)
-    add_verbose(demo, top=False)
-    repro = sub.add_parser("reproduce", formatter_class=HelpFormatter, help="a preset: the powered MNIST-5k test, or the "
-                           "paper's and the authors' settings (GPU)",
-                           description="Run a preset of eval/presets/: mnist5k (the powered CPU experiment), the "
-                                       "paper's settings (cifar10-vgg11, ..., mnist-resnet18) and the authors' "
-                                       "like-for-like anchor (cifar10-vgg11-authors).",
-                           epilog="examples:\n  python -m eval reproduce --preset mnist5k\n"
-                                  "  python -m eval reproduce --preset cifar10-vgg11-authors --data-root data\n")
+    repro = _sub(sub, "reproduce", "a preset: the powered MNIST-5k test, or the paper's and the authors' settings (GPU)",
+                 "Run a preset of eval/presets/: mnist5k (the powered CPU experiment), the paper's settings "
+                 "(cifar10-vgg11, ..., mnist-resnet18) and the authors' like-for-like anchor (cifar10-vgg11-authors).",
+                 "python -m eval reproduce --preset mnist5k",
+                 "python -m eval reproduce --preset cifar10-vgg11-authors --data-root data")
     repro.add_argument("--preset", required=True, help="preset name (eval/presets/<name>.yaml) or a YAML path")
     repro.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     repro.add_argument("--data-root", default=None, help="torchvision root for mnist/cifar10/cifar100 presets")
     _pipeline_options(repro)
-    add_verbose(repro, top=False)
     return p
 
 
