@@ -149,57 +149,49 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
     gains: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     summary_worst: list[dict[str, Any]] = []
+    sens: dict[str, list[dict[str, Any]]] = {rule: [] for rule in RULES[1:]}
     for hi, lo in pairs:
         pair = f"{hi} - {lo}"
-        per_metric: dict[tuple[str, float], list[Optional[float]]] = {}
-        for metric in metrics:
-            vals, used = [], []
-            for s in seeds:
-                g, names = _frontier_gain(pools[s], robust[s], hi, lo, metric, zero_weight)
-                vals.append(g)
-                used.append(names)
-            per_metric[metric] = vals
-            gains.append({"pair": pair, "attack": metric[0], "budget": metric[1], **_stats(vals),
-                          "instances_used": used})
-        for chosen, target in ((attack_metrics, summary), (worst_metrics, summary_worst)):
-            per_seed: list[Optional[float]] = []
-            for k in range(len(seeds)):
-                vals_k = [v for v in (per_metric[m][k] for m in chosen) if v is not None]
-                per_seed.append(statistics.fmean(vals_k) if vals_k else None)
-            st = _stats(per_seed)
-            cells = [statistics.fmean(v for v in per_metric[m] if v is not None) for m in chosen
-                     if any(v is not None for v in per_metric[m])]
-            target.append({"pair": pair, **st, "metrics": len(chosen), "cells_defined": len(cells),
-                           "cells_positive": sum(c > 0 for c in cells),
-                           "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined",
-                           "paper": list(paper[pair]) if paper and pair in paper else None})
-    sens = [{"rule": rule, "pair": f"{hi} - {lo}", "over": label,
-             **_summary(pools, robust, seeds, hi, lo, chosen, zero_weight, rule)}
-            for rule in RULES[1:] for hi, lo in pairs
-            for label, chosen in (("attacks", attack_metrics), (WORST, worst_metrics))]
+        for rule in RULES:
+            per_metric = {metric: _gain_per_seed(pools, robust, seeds, hi, lo, metric, zero_weight, rule)
+                          for metric in metrics}
+            if rule == "interpolate":
+                gains += [{"pair": pair, "attack": metric[0], "budget": metric[1], **_stats(vals),
+                           "instances_used": used} for metric, (vals, used) in per_metric.items()]
+            for label, chosen, target in (("attacks", attack_metrics, summary), (WORST, worst_metrics, summary_worst)):
+                st = _stats(_seed_means([per_metric[m][0] for m in chosen], len(seeds)))
+                row = {"pair": pair, **st, "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined"}
+                if rule != "interpolate":
+                    used = [sorted({name for m in chosen for name in per_metric[m][1][k]}) for k in range(len(seeds))]
+                    sens[rule].append({"rule": rule, "pair": pair, "over": label, **row, "instances_used": used})
+                    continue
+                cells = [statistics.fmean(v for v in per_metric[m][0] if v is not None) for m in chosen
+                         if any(v is not None for v in per_metric[m][0])]
+                target.append({**row, "metrics": len(chosen), "cells_defined": len(cells),
+                               "cells_positive": sum(c > 0 for c in cells),
+                               "paper": list(paper[pair]) if paper and pair in paper else None})
     return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs], "zero_weight": zero_weight,
-            "sensitivity": sens,
+            "sensitivity": [row for rule in RULES[1:] for row in sens[rule]],
             "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
             "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
 
 
-def _summary(pools: Mapping[int, Any], robust: Mapping[int, Any], seeds: Sequence[int], hi: str, lo: str,
-             metrics: Sequence[tuple[str, float]], zero: Optional[str], rule: str) -> dict[str, Any]:
-    """Per seed, the mean gain over ``metrics`` under ``rule``; its stats, verdict and instances counted."""
-    per_seed: list[Optional[float]] = []
-    used: list[list[str]] = []
-    for s in seeds:
-        vals, names = [], set()
-        for metric in metrics:
-            g, n = _frontier_gain(pools[s], robust[s], hi, lo, metric, zero, rule)
-            if g is not None:
-                vals.append(g)
-                names.update(n)
-        per_seed.append(statistics.fmean(vals) if vals else None)
-        used.append(sorted(names))
-    st = _stats(per_seed)
-    return {**st, "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined", "instances_used": used}
+def _gain_per_seed(pools: Mapping[int, Any], robust: Mapping[int, Any], seeds: Sequence[int], hi: str, lo: str,
+                   metric: tuple[str, float], zero: Optional[str], rule: str
+                   ) -> tuple[list[Optional[float]], list[list[str]]]:
+    """The frontier gain of ``hi - lo`` at ``metric`` under ``rule`` per seed, and the instances counted."""
+    out = [_frontier_gain(pools[s], robust[s], hi, lo, metric, zero, rule) for s in seeds]
+    return [g for g, _ in out], [names for _, names in out]
+
+
+def _seed_means(per_metric: Sequence[Sequence[Optional[float]]], n_seeds: int) -> list[Optional[float]]:
+    """Per seed, the mean over the metrics where the gain is defined (None where none is)."""
+    out: list[Optional[float]] = []
+    for k in range(n_seeds):
+        vals = [x for x in (v[k] for v in per_metric) if x is not None]
+        out.append(statistics.fmean(vals) if vals else None)
+    return out
 
 
 def _matched(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], pools: Mapping[int, Any],
