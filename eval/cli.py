@@ -108,7 +108,8 @@ def _seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-def _finish_run(results: dict[str, Any], cfg: Any, out: Path, plots: bool) -> None:
+def _finish_run(results: dict[str, Any], cfg: Any, out: Path, plots: bool, data: Any = None) -> None:
+    """Figures (``data``: the test data the run used, loaded here when not given) and report.md."""
     from .report import write_report
 
     files = None
@@ -119,21 +120,25 @@ def _finish_run(results: dict[str, Any], cfg: Any, out: Path, plots: bool) -> No
         from .plots import budget_plots, model_plots
 
         d = cfg.data
+        if data is None:
+            data = load_test_data(d.dataset, d.root, d.n, d.pipeline)
         files = [Path(f).name for f in budget_plots(results, out)]
-        files += [Path(f).name for f in model_plots(cfg, out, load_test_data(d.dataset, d.root, d.n, d.pipeline),
-                                                    resolve_device(cfg.device))]
+        files += [Path(f).name for f in model_plots(cfg, out, data, resolve_device(cfg.device))]
     print(f"wrote {write_report(results, out, files)}, results.json, results.csv, worst_case.csv")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from deform_robust.config import load_config
+    from deform_robust.data import load_test_data
     from deform_robust.evaluate import override_config
     from deform_robust.runner import run_config
 
     cfg = override_config(load_config(args.config), n=args.n, batch_size=args.batch_size, device=args.device)
-    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale)
+    d = cfg.data  # loaded once for the cells and the figures
+    data = load_test_data(d.dataset, d.root, d.n, d.pipeline) if cfg.plots.enabled and not args.no_plots else None
+    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale, data=data)
     if results is not None:
-        _finish_run(results, cfg, Path(args.out), not args.no_plots)
+        _finish_run(results, cfg, Path(args.out), not args.no_plots, data)
     return 0
 
 

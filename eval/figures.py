@@ -35,12 +35,13 @@ def save_figure(fig: Figure, path: Path) -> str:
     return str(path)
 
 
-def _mean_points(runs: Mapping[int, Mapping[str, Any]], family: str, attack: str, budget: float
+def _mean_points(runs: Mapping[int, Mapping[str, Any]], robust_by_seed: Mapping[int, Mapping[Any, float]],
+                 family: str, attack: str, budget: float
                  ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Seed-averaged (clean, robust) per instance name, and every seed's points (percent)."""
     per_name: dict[str, list[tuple[float, float]]] = {}
-    for res in runs.values():
-        robust = robust_of(res)
+    for seed, res in runs.items():
+        robust = robust_by_seed[seed]
         for m in res["models"]:
             if m["defense"] == family and (m["name"], attack, budget) in robust:
                 per_name.setdefault(m["name"], []).append(
@@ -58,10 +59,11 @@ def frontier_plot(runs: Mapping[int, Mapping[str, Any]], analysis: Mapping[str, 
     cols = min(len(metrics), 4)
     rows = math.ceil(len(metrics) / cols)
     fig = Figure(figsize=(4.0 * cols, 3.5 * rows))
+    robust = {seed: robust_of(res) for seed, res in runs.items()}
     for i, (attack, budget) in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
         for j, fam in enumerate(analysis["families"]):
-            means, every = _mean_points(runs, fam, attack, float(budget))
+            means, every = _mean_points(runs, robust, fam, attack, float(budget))
             if not means:
                 continue
             line = ax.plot([c for c, _ in means], [r for _, r in means], "-" + _MARKERS[j % len(_MARKERS)],
@@ -69,7 +71,7 @@ def frontier_plot(runs: Mapping[int, Mapping[str, Any]], analysis: Mapping[str, 
             ax.plot([c for c, _ in every], [r for _, r in every], _MARKERS[j % len(_MARKERS)],
                     color=line.get_color(), alpha=0.25, markersize=3)
         for k, d in enumerate(others):
-            means, _ = _mean_points(runs, d, attack, float(budget))
+            means, _ = _mean_points(runs, robust, d, attack, float(budget))
             if means:
                 ax.plot([means[0][0]], [means[0][1]], "kx" if k == 0 else "k+", markersize=8, label=d)
         ax.set_title(f"{attack} @ {float(budget):g} px", fontsize=9)

@@ -37,7 +37,7 @@ from .pipeline_report import RESULTS_FORMAT, write_pipeline_outputs
 from .plots import budget_plots, model_plots
 from .presets import Instance, Preset, load_preset
 from .provenance import code_fingerprint, git_revision, machine
-from .report import table1
+from .report import PLOT_PATTERNS, table1
 from .stats import seed_stats
 
 __all__ = ["RESULTS_FORMAT", "describe", "eval_config", "prepare", "run_pipeline", "train_specs"]
@@ -181,9 +181,11 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     trained = _train_all(p, cache / "train", str(dev), progress)
     t_train = time.perf_counter() - t0
     runs: dict[int, dict[str, Any]] = {}
-    for seed in p.seeds:
-        res = run_config(eval_config(p, seed, _models(p, trained, seed), str(dev)), cache / "eval" / f"seed{seed}",
-                         overwrite_stale=True, progress=progress)
+    cfgs = {seed: eval_config(p, seed, _models(p, trained, seed), str(dev)) for seed in p.seeds}
+    d = cfgs[p.main_seed].data  # the preset's one data section: loaded once for every seed and the figures
+    data = load_test_data(d.dataset, d.root, d.n, d.pipeline)
+    for seed, cfg in cfgs.items():
+        res = run_config(cfg, cache / "eval" / f"seed{seed}", overwrite_stale=True, data=data, progress=progress)
         assert res is not None  # a single process
         runs[seed] = res
     analysis = None
@@ -203,8 +205,6 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
                 frontier_plot(runs, analysis, out / "frontier.png"), matched_plot(analysis, out / "matched.png"),
                 matching_plot(analysis, strength, out / "matching.png"))]
         figures += [Path(f).name for f in budget_plots(runs[p.main_seed], out)]
-        d = main_cfg.data
-        data = load_test_data(d.dataset, d.root, d.n, d.pipeline)
         figures += [Path(f).name for f in model_plots(main_cfg, out, data, dev)]
     t_eval = time.perf_counter() - t0 - t_train
     results: dict[str, Any] = {
@@ -229,7 +229,7 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
 
 
 def _remove_stale(out: Path, keep: list[str]) -> None:
-    for pat in (*_FIGURES, "robust_vs_budget_*.png", "samples_*.png", "landscape.png", "flow_vs_pixel_distance.png"):
+    for pat in (*_FIGURES, *PLOT_PATTERNS):
         for f in out.glob(pat):
             if f.name not in keep:
                 logger.info("removing %s (not produced by this run)", f)
