@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from fgr_defense.constants import DATASETS
+from fgr_defense.constants import DATASETS, PIPELINES
 from torchattacks_deform.validation import check_number
 
 from .registry import AttackEntry, resolve_attack, validate_attack
@@ -77,7 +77,6 @@ __all__ = [
 ]
 
 MODEL_SOURCES = ("checkpoint", "callable", "torchscript", "robustbench", "object")
-PIPELINES = ("paper", "authors")
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ from .config import ConfigError, DataConfig, EvalConfig
 from .data import load_test_data
 from .models import import_callable, load_state_dict_file
 from .registry import resolve_attack
-from .robustbench import load_robustbench_model
+from .robustbench import ROBUSTBENCH_DATASETS, load_robustbench_model
 
 __all__ = ["evaluate_model_spec", "load_model_spec", "override_config"]
 
@@ -50,7 +50,7 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
         FileNotFoundError: a missing file. ValueError: an unusable spec or file.
     """
     if spec.startswith("robustbench:"):
-        if dataset not in ("cifar10", "cifar100"):
+        if dataset not in ROBUSTBENCH_DATASETS:
             raise ValueError(f"--data: RobustBench models need cifar10 or cifar100 test data, got {dataset!r}")
         return load_robustbench_model(spec.split(":", 1)[1], dataset, threat_model, model_dir)
     path = Path(spec)
@@ -67,17 +67,12 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
                              "--weights FILE") from None
     if ":" not in spec:
         raise FileNotFoundError(f"--model: no file at {spec!r} (and not 'module:callable' or 'robustbench:<name>')")
-    try:
-        model = import_callable(spec, "--model")(**(kwargs or {}))
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
+    model = import_callable(spec, "--model")(**(kwargs or {}))  # ConfigError is a ValueError
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
     if weights is not None:
         try:
             model.load_state_dict(load_state_dict_file(weights, "--model"))
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
         except RuntimeError as err:
             raise ValueError(f"--weights: {weights!r} does not fit {spec}: {err}") from None
     return model.eval()

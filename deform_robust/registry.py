@@ -223,7 +223,7 @@ def _check_type(name: str, value: Any, default: Any, key: str) -> None:
         raise ValueError(f"{key}.{name}: expected {what} (like the default {default!r}), got {value!r}")
 
 
-def _stand_in(space: str) -> nn.Module:
+def _stand_in() -> nn.Module:
     """A tiny model for building attacks at parse time (no forward pass happens)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
 
@@ -265,7 +265,7 @@ def validate_attack(family: str, params: Mapping[str, Any], budgets: tuple[float
             raise ValueError(f"{pkey}.{name}: {family} takes no parameter {name!r}; "
                              f"expected one of {entry.accepted()}")
         _check_type(name, value, entry.defaults.get(name), pkey)
-    model = _stand_in(entry.info.space)
+    model = _stand_in()
     for j, budget in enumerate(budgets):
         if budget == 0:
             continue
