@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from fgr_defense.checkpoint import CHECKPOINT_FORMAT, load_model
+from fgr_defense.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint
 from fgr_defense.device import resolve_device
 from torchattacks_deform import evaluate_robustness
 
@@ -28,14 +28,15 @@ from .robustbench import ROBUSTBENCH_DATASETS, load_robustbench_model
 __all__ = ["evaluate_model_spec", "load_model_spec", "override_config"]
 
 
-def _is_our_checkpoint(path: Path) -> bool:
+def _our_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The loaded checkpoint dict when ``path`` is one of ours (read once), else None (try TorchScript)."""
     if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        return False  # a TorchScript archive
+        return None  # a TorchScript archive
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a weights-only pickle: try TorchScript next
-        return False
-    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
 
 
 def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any] | None = None,
@@ -57,8 +58,9 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
     if path.is_file():
         if weights is not None:
             raise ValueError("--weights: only used with a 'module:callable' model")
-        if _is_our_checkpoint(path):
-            return load_model(path)[0]
+        ckpt = _our_checkpoint(path)
+        if ckpt is not None:
+            return model_from_checkpoint(ckpt, path)[0]
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others for foreign files

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the atomic writers stay
     from torch import nn
 
 __all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "atomic_save", "atomic_write", "atomic_write_text", "load_checkpoint",
-           "load_model", "save_model"]
+           "load_model", "model_from_checkpoint", "save_model"]
 
 CHECKPOINT_FORMAT = "deform-robust/1"
 #: The keys of ``arch`` (the arguments of :func:`~fgr_defense.models.build_model`).
@@ -155,6 +155,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"checkpoint {str(path)!r} is not a readable checkpoint (truncated?): {_reason(err, path)}"
         ) from err
+    return _checked(obj, path)
+
+
+def _checked(obj: Any, path: Path) -> dict[str, Any]:
+    """``obj`` (a loaded ``path``) if it is a deform-robust checkpoint with weights; else ValueError."""
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint: {str(path)!r} is not a deform-robust checkpoint "
@@ -181,7 +186,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         FileNotFoundError, ValueError: see :func:`load_checkpoint`; also a missing or
             incomplete ``arch`` (the missing keys are named) or weights that do not fit.
     """
-    obj = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location), path)
+
+
+def model_from_checkpoint(obj: dict[str, Any], path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model` on a checkpoint dict already loaded from ``path`` (named in errors).
+
+    Raises:
+        ValueError: as :func:`load_model`, for everything after reading the file.
+    """
+    obj = _checked(obj, Path(path))
     arch = obj.get("arch")
     if not isinstance(arch, dict):
         raise ValueError(
