@@ -28,7 +28,7 @@ from deform_robust.runner import run_config
 from fgr_defense.constants import DATASETS
 from fgr_defense.device import resolve_device
 from fgr_defense.naming import slugify
-from fgr_defense.regularizers import paper_lambda_to_weight
+from fgr_defense.presets import paper_weight
 from fgr_defense.spec import TrainSpec, train_from_spec
 
 from .analysis import analyze, attack_strength
@@ -127,9 +127,7 @@ def _weight(spec: TrainSpec) -> float | None:
     """The per-example weight a spec trains with (its ``lam`` converted), or None."""
     if spec.weight is not None or spec.lam is None:
         return spec.weight
-    kind = "input" if spec.defense == "IGR" else "flow"
-    size = int(DATASETS[spec.dataset]["size"])
-    return float(paper_lambda_to_weight(spec.lam, spec.lam_batch_size, size, kind=kind))
+    return paper_weight(spec.defense, spec.lam, spec.lam_batch_size, int(DATASETS[spec.dataset]["size"]))
 
 
 def _train_all(p: Preset, cache: Path, device: str, progress: bool) -> list[dict[str, Any]]:

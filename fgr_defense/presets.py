@@ -70,6 +70,7 @@ __all__ = [
     "check_defense_args",
     "default_out_dir",
     "get_schedule",
+    "paper_weight",
     "resolve_defense_name",
 ]
 
@@ -133,6 +134,20 @@ class Defense:
     def trainer_kwargs(self) -> dict[str, Any]:
         """``{"regularizer": ..., "adversary": ...}`` for ``Trainer(model, opt, **kwargs)``."""
         return {"regularizer": self.regularizer, "adversary": self.adversary}
+
+
+def paper_weight(canonical: str, lam: float, lam_batch_size: int, size: int) -> float:
+    """The per-example weight of a regularized defense for the paper's ``lam``.
+
+    IGR regularizes input gradients, the FGR family flow gradients
+    (:func:`~fgr_defense.regularizers.paper_lambda_to_weight` with ``kind`` "input" or "flow").
+    ``canonical``: a canonical defense name (:func:`resolve_defense_name`).
+
+    Example:
+        >>> round(paper_weight("FGR+RS", 300, 256, 32), 2), paper_weight("IGR", 1000, 256, 28) == 1000 / 256**2
+        (1.1, True)
+    """
+    return float(paper_lambda_to_weight(lam, lam_batch_size, size, kind="input" if canonical == "IGR" else "flow"))
 
 
 def _check_dataset(dataset: str) -> dict[str, int]:
@@ -244,11 +259,10 @@ def build_defense(
 
     regularizer: GradientRegularizer | None = None
     if uses_reg:
-        kind = "input" if canonical == "IGR" else "flow"
         family = "IGR" if canonical == "IGR" else "FGR"
         if weight is None:
             lam = DEFAULT_LAMBDA[family] if lam is None else lam
-            weight = paper_lambda_to_weight(lam, lam_batch_size, size, kind=kind)
+            weight = paper_weight(canonical, lam, lam_batch_size, size)
             config.update({"lam": float(lam), "lam_batch_size": lam_batch_size})
             logger.info("%s: paper lambda %g (batch %d, %dx%d) -> per-example weight %.6g",
                         canonical, lam, lam_batch_size, size, size, weight)
