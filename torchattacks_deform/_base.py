@@ -8,9 +8,10 @@ losses in :mod:`torchattacks_deform.losses` (``margin_loss`` stays importable fr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -288,17 +289,24 @@ class FlowAttack(TorchattacksAttack):
             _check_images_layout(inputs)
             self._check_channels(inputs)
 
-    def __call__(self, inputs: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+    @contextlib.contextmanager
+    def _restoring_state(self, inputs: Any) -> Iterator[tuple[bool, bool | None]]:
+        """Check ``inputs``; on exit restore the model's mode and the normalization flag, and
+        drop pending label checks. Yields the given ``(training, normalization_applied)``."""
         self._check_call_inputs(inputs)
         given_training = self.model.training
         normalization_applied = self._normalization_applied
         try:
-            return super().__call__(inputs, labels, *args, **kwargs)  # type: ignore[no-any-return]
+            yield given_training, normalization_applied
         finally:
             self._pending_labels = ()
             self.model.train(given_training)
             if normalization_applied is not None and self._normalization_applied != normalization_applied:
                 self._set_normalization_applied(normalization_applied)
+
+    def __call__(self, inputs: Tensor, labels: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        with self._restoring_state(inputs):
+            return super().__call__(inputs, labels, *args, **kwargs)  # type: ignore[no-any-return]
 
     def get_flow(self, images: Tensor, labels: Tensor) -> Tensor:
         """Run the attack and return the flow it found, in pixels, detached.
@@ -307,11 +315,8 @@ class FlowAttack(TorchattacksAttack):
         called). ``warp(images01, flow)`` reproduces the adversarial images, where
         ``images01`` are the ``[0, 1]`` images.
         """
-        self._check_call_inputs(images)
-        given_training = self.model.training
-        normalization_applied = self._normalization_applied
-        self._change_model_mode(given_training)
-        try:
+        with self._restoring_state(images) as (given_training, normalization_applied):
+            self._change_model_mode(given_training)
             if normalization_applied is True:
                 # As torchattacks' __call__ does: attack [0, 1] images, and let get_logits
                 # normalize them for the model.
@@ -319,11 +324,6 @@ class FlowAttack(TorchattacksAttack):
                 self._set_normalization_applied(False)
             images, labels = self._prepare(images, labels)
             return self.find_flow(images, labels).detach()
-        finally:
-            self._pending_labels = ()
-            self.model.train(given_training)
-            if normalization_applied is not None and self._normalization_applied != normalization_applied:
-                self._set_normalization_applied(normalization_applied)
 
     # -- helpers ----------------------------------------------------------------------
     def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
