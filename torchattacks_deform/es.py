@@ -116,6 +116,11 @@ class FlowES(FlowAttack):
         self.last_queries: Optional[Tensor] = None
 
     @classmethod
+    def budget_norm(cls, params: Mapping[str, Any]) -> str:
+        """``"Linf"``: the only budget FlowES has."""
+        return "Linf"
+
+    @classmethod
     def cost(cls, params: Mapping[str, Any]) -> float:
         """``population * steps / 3``: forwards only, a third of a forward+backward each."""
         return float(cls._param(params, "population")) * float(cls._param(params, "steps")) / 3

@@ -147,6 +147,11 @@ class StAdv(FlowAttack):
         self.clip_positions = clip_positions
 
     @classmethod
+    def budget_norm(cls, params: Mapping[str, Any]) -> str:
+        """``"Linf"``: the budget is the Linf ``bound``."""
+        return "Linf"
+
+    @classmethod
     def cost(cls, params: Mapping[str, Any]) -> float:
         """``steps`` forward+backward passes per example (plus one forward)."""
         return float(cls._param(params, "steps"))
