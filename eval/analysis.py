@@ -1,31 +1,31 @@
 """The comparison a pipeline reports: families of defenses at equal clean accuracy, over seeds.
 
-Two views, both from the harness results of each seed (no torch, no runner):
+Views, all from the harness results of each seed (no torch, no runner):
 
-**Frontier (the primary analysis).** For a pair ``hi - lo`` (e.g. ``FGR - IGR``), a metric
-(an attack at a budget, or the worst case over the suite at a budget) and a seed: every
-instance ``i`` of ``hi`` whose clean accuracy ``c_i`` lies inside the clean-accuracy range of
-``lo``'s instances contributes ``robust_hi(i) - robust_lo(c_i)``, where ``robust_lo(c)`` is
-``lo``'s frontier interpolated at ``c`` (:func:`eval.stats.interpolate`). The seed's gain is
-the mean over those instances (undefined when none is inside the range). Over seeds: mean
-and 95% t-interval (:func:`eval.stats.seed_stats`). The *summary* of a pair is, per seed, the
-mean gain over all attack x budget metrics, then its mean and interval over seeds; its
-verdict follows the pre-registered rule of :func:`eval.stats.verdict`.
+**Frontier (the registered endpoint, issue 15).** For a seed, a metric (an attack at a budget,
+or the worst case over the suite at a budget) and a family ``F``, the points are ``F``'s
+instances plus the ``zero_weight`` model (Standard: every family at weight 0). ``F``'s frontier
+``R_F(c)`` is the best robust accuracy among the points with clean accuracy at least ``c``
+(:func:`eval.stats.frontier_at`; dominated points never count). The gain of ``hi - lo`` is the
+mean of ``R_hi(c) - R_lo(c)`` over 201 evenly spaced ``c`` in the shared clean-accuracy range
+(:func:`eval.stats.frontier_gain`). A seed's gain is the mean over the attack x budget metrics
+(the *summary*) or over the worst-case budgets (*summary_worst*); over seeds, the mean and
+95% t-interval (:func:`eval.stats.seed_stats`) and the verdict of :func:`eval.stats.verdict`.
+
+**Secondary (not the endpoint).** The same summaries under ``"pareto-linear"`` (the second fair
+rule: non-dominated points joined by straight lines; a verdict that flips under it is no
+verdict), ``"step-all-range"`` (the registered frontiers over a shared range taken from every
+model, dominated ones included) and ``"interpolate"`` (the rule of the withdrawn first mnist5k report: each ``hi``
+instance against ``lo``'s polyline through every ``lo`` point, interpolated at its clean
+accuracy; instances outside ``lo``'s range are not counted).
+
+**Coverage.** Per seed and family (with the zero-weight model): the clean-accuracy range, the
+drop below the zero-weight model and the largest gap between neighbours.
 
 **Matched (the paper's Table 1 rule).** Per seed, each family is represented by its instance
 whose clean accuracy is closest to the reference defense's (AT-PGD) of the same seed (of the
 first seed that has one, when a seed trains no reference); the robust accuracies of these
 instances and their differences are summarized over seeds.
-
-With ``zero_weight`` (e.g. ``"Standard"``: every family at weight 0 is standard training), that
-defense's model joins the baseline family's frontier points.
-
-**Sensitivity (post hoc, not an endpoint).** The summaries recomputed with two other baselines,
-both of which favour the baseline (they take the best of several noisy baseline models):
-``"dominance"``, the best robust accuracy of any baseline model at least as accurate as the
-instance (counted only when one exists, so instances below the baseline's range count too), and
-``"tolerance"``, the best baseline model within ``tolerance`` of the instance's clean accuracy
-(default 0.006, about one standard error of a clean accuracy near 96% on 1,000 images).
 
 Gains are percentage points; accuracies fractions.
 """
@@ -35,15 +35,15 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Optional, Sequence
 
-from .stats import interpolate, match_instances, seed_stats, verdict
+from .stats import frontier_gain, interpolate, match_instances, seed_stats, verdict
 
-__all__ = ["RULES", "WORST", "analyze", "attack_strength", "baseline_at", "metrics_of", "robust_of"]
+__all__ = ["RULES", "WORST", "analyze", "attack_strength", "coverage", "metrics_of", "robust_of"]
 
 #: The metric name of the worst case over the suite.
 WORST = "worst case"
 
-#: Baselines of a frontier gain: the pre-registered one first, then the sensitivity rules.
-RULES = ("interpolate", "dominance", "tolerance")
+#: Frontier rules: the registered endpoint first, then the secondary views.
+RULES = ("step", "pareto-linear", "step-all-range", "interpolate")
 
 
 def metrics_of(results: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -71,47 +71,59 @@ def _pool(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"name": m["name"], "defense": m["defense"], "clean_acc": m["clean_acc"]} for m in results["models"]]
 
 
-def baseline_at(points: Sequence[tuple[float, float]], clean: float, rule: str = "interpolate",
-                tolerance: float = 0.006) -> Optional[float]:
-    """The baseline's robust accuracy at clean accuracy ``clean`` from its ``(clean, robust)`` points.
+def _points(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], family: str,
+            zero: Optional[str], metric: tuple[str, float]) -> list[tuple[float, float]]:
+    attack, budget = metric
+    return [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in pool
+            if m["defense"] in (family, zero) and (m["name"], attack, budget) in robust]
 
-    ``"interpolate"``: the piecewise-linear frontier (None outside the points' clean range);
-    ``"dominance"``: the best robust accuracy of the points with clean accuracy >= ``clean``;
-    ``"tolerance"``: the best of the points within ``tolerance`` of ``clean``. None when no point qualifies.
+
+def _interpolated_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str,
+                       lo: str, metric: tuple[str, float], zero: Optional[str]) -> Optional[float]:
+    """The withdrawn rule: each ``hi`` instance against ``lo``'s polyline through all its points."""
+    attack, budget = metric
+    lo_pts = _points(pool, robust, lo, zero, metric)
+    diffs = []
+    for m in pool:
+        if m["defense"] == hi and (m["name"], attack, budget) in robust:
+            base = interpolate(lo_pts, m["clean_acc"])
+            if base is not None:
+                diffs.append(100.0 * (robust[(m["name"], attack, budget)] - base))
+    return statistics.fmean(diffs) if diffs else None
+
+
+def _gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str, lo: str,
+          metric: tuple[str, float], zero: Optional[str], rule: str) -> Optional[float]:
+    if rule == "interpolate":
+        return _interpolated_gain(pool, robust, hi, lo, metric, zero)
+    hi_pts, lo_pts = _points(pool, robust, hi, zero, metric), _points(pool, robust, lo, zero, metric)
+    if rule == "step-all-range":
+        return frontier_gain(hi_pts, lo_pts, "step", range_over="all")
+    return frontier_gain(hi_pts, lo_pts, rule)
+
+
+def coverage(pool: Sequence[dict[str, Any]], family: str, zero: Optional[str]) -> dict[str, Any]:
+    """A family's clean-accuracy coverage in one seed (the zero-weight model included).
+
+    Returns ``top`` (the zero-weight model's clean accuracy, else the family's highest),
+    ``lowest``, ``drop`` (``top - lowest``), ``max_gap`` (the largest gap between neighbours
+    sorted by clean accuracy), ``instances``; fractions.
 
     Example:
-        >>> pts = [(0.90, 0.40), (0.95, 0.20), (0.96, 0.30)]
-        >>> round(baseline_at(pts, 0.93), 6), baseline_at(pts, 0.80), baseline_at(pts, 0.80, "dominance")
-        (0.28, None, 0.4)
-        >>> baseline_at(pts, 0.955, "dominance"), baseline_at(pts, 0.955, "tolerance"), baseline_at(pts, 0.97, "tolerance")
-        (0.3, 0.3, None)
+        >>> pool = [{"defense": "Standard", "clean_acc": 0.96}, {"defense": "F", "clean_acc": 0.95},
+        ...         {"defense": "F", "clean_acc": 0.91}]
+        >>> c = coverage(pool, "F", "Standard")
+        >>> round(c["drop"], 4), round(c["max_gap"], 4), c["instances"]
+        (0.05, 0.04, 2)
     """
-    if rule == "interpolate":
-        return interpolate(points, clean)
-    if rule == "dominance":
-        cand = [y for x, y in points if x >= clean]
-    elif rule == "tolerance":
-        cand = [y for x, y in points if abs(x - clean) <= tolerance + 1e-12]
-    else:
-        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
-    return max(cand) if cand else None
-
-
-def _frontier_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str,
-                   lo: str, metric: tuple[str, float], zero: Optional[str] = None, rule: str = "interpolate",
-                   tolerance: float = 0.006) -> tuple[Optional[float], list[str]]:
-    attack, budget = metric
-    lo_pts = [(m["clean_acc"], robust[(m["name"], attack, budget)]) for m in pool
-              if m["defense"] in (lo, zero) and (m["name"], attack, budget) in robust]
-    diffs, used = [], []
-    for m in pool:
-        if m["defense"] != hi or (m["name"], attack, budget) not in robust:
-            continue
-        base = baseline_at(lo_pts, m["clean_acc"], rule, tolerance)
-        if base is not None:
-            diffs.append(100.0 * (robust[(m["name"], attack, budget)] - base))
-            used.append(m["name"])
-    return (statistics.fmean(diffs) if diffs else None), used
+    accs = sorted(m["clean_acc"] for m in pool if m["defense"] in (family, zero))
+    zeros = [m["clean_acc"] for m in pool if m["defense"] == zero]
+    top = zeros[0] if zeros else (accs[-1] if accs else None)
+    gaps = [b - a for a, b in zip(accs, accs[1:])]
+    return {"top": top, "lowest": accs[0] if accs else None,
+            "drop": (top - accs[0]) if accs and top is not None else None,
+            "max_gap": max(gaps) if gaps else None,
+            "instances": sum(m["defense"] == family for m in pool)}
 
 
 def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
@@ -123,7 +135,7 @@ def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
 def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pairs: Sequence[Sequence[str]],
             reference: str, paper: Optional[Mapping[str, Sequence[float]]] = None,
             zero_weight: Optional[str] = None) -> dict[str, Any]:
-    """Frontier and matched comparisons of ``families`` over the seeds of ``runs``.
+    """Frontier, secondary, coverage and matched comparisons of ``families`` over the seeds of ``runs``.
 
     Args:
         runs: ``{seed: harness results}``, every instance of the families attacked in each.
@@ -131,13 +143,14 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
         pairs: ``[[hi, lo], ...]``, e.g. ``[["FGR", "IGR"]]``.
         reference: the defense whose clean accuracy the matched view targets (per seed).
         paper: ``{"FGR - IGR": (min, mean, max)}`` of the paper, shown beside ours.
-        zero_weight: a defense that is every family at weight 0 (``"Standard"``): its models join the
-            baseline's frontier points, so that the frontier reaches the unregularized model.
+        zero_weight: a defense that is every family at weight 0 (``"Standard"``): its model joins
+            every family's points.
 
     Returns:
-        A JSON-able dict: ``seeds``, ``metrics``, ``frontier`` (``gains`` per pair x metric,
-        ``summary`` per pair over the attack metrics, ``summary_worst`` over the worst-case
-        metrics), ``matched`` (``selection``, ``cells``, ``gains``).
+        A JSON-able dict: ``seeds``, ``metrics``, ``frontier`` (the registered rule: ``gains``
+        per pair x metric, ``summary`` per pair over the attack metrics, ``summary_worst`` over
+        the worst-case metrics), ``secondary`` (the summaries
+        under the other rules), ``coverage`` and ``matched`` (``selection``, ``cells``, ``gains``).
     """
     seeds = sorted(runs)
     first = runs[seeds[0]]
@@ -149,40 +162,32 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
     gains: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     summary_worst: list[dict[str, Any]] = []
-    sens: dict[str, list[dict[str, Any]]] = {rule: [] for rule in RULES[1:]}
+    secondary: list[dict[str, Any]] = []
     for hi, lo in pairs:
         pair = f"{hi} - {lo}"
         for rule in RULES:
-            per_metric = {metric: _gain_per_seed(pools, robust, seeds, hi, lo, metric, zero_weight, rule)
+            per_metric = {metric: [_gain(pools[s], robust[s], hi, lo, metric, zero_weight, rule) for s in seeds]
                           for metric in metrics}
-            if rule == "interpolate":
-                gains += [{"pair": pair, "attack": metric[0], "budget": metric[1], **_stats(vals),
-                           "instances_used": used} for metric, (vals, used) in per_metric.items()]
+            if rule == RULES[0]:
+                gains += [{"pair": pair, "attack": metric[0], "budget": metric[1], **_stats(vals)}
+                          for metric, vals in per_metric.items()]
             for label, chosen, target in (("attacks", attack_metrics, summary), (WORST, worst_metrics, summary_worst)):
-                st = _stats(_seed_means([per_metric[m][0] for m in chosen], len(seeds)))
+                st = _stats(_seed_means([per_metric[m] for m in chosen], len(seeds)))
                 row = {"pair": pair, **st, "verdict": verdict(st["ci95"], st["values"]) if st["n"] else "undefined"}
-                if rule != "interpolate":
-                    used = [sorted({name for m in chosen for name in per_metric[m][1][k]}) for k in range(len(seeds))]
-                    sens[rule].append({"rule": rule, "pair": pair, "over": label, **row, "instances_used": used})
+                if rule != RULES[0]:
+                    secondary.append({"rule": rule, "over": label, **row})
                     continue
-                cells = [statistics.fmean(v for v in per_metric[m][0] if v is not None) for m in chosen
-                         if any(v is not None for v in per_metric[m][0])]
+                cells = [statistics.fmean(v for v in per_metric[m] if v is not None) for m in chosen
+                         if any(v is not None for v in per_metric[m])]
                 target.append({**row, "metrics": len(chosen), "cells_defined": len(cells),
                                "cells_positive": sum(c > 0 for c in cells),
                                "paper": list(paper[pair]) if paper and pair in paper else None})
+    cover = [{"seed": s, "family": f, **coverage(pools[s], f, zero_weight)} for f in families for s in seeds]
     return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs], "zero_weight": zero_weight,
-            "sensitivity": [row for rule in RULES[1:] for row in sens[rule]],
-            "metrics": [list(m) for m in metrics],
+            "rule": RULES[0], "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
+            "secondary": secondary, "coverage": cover,
             "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
-
-
-def _gain_per_seed(pools: Mapping[int, Any], robust: Mapping[int, Any], seeds: Sequence[int], hi: str, lo: str,
-                   metric: tuple[str, float], zero: Optional[str], rule: str
-                   ) -> tuple[list[Optional[float]], list[list[str]]]:
-    """The frontier gain of ``hi - lo`` at ``metric`` under ``rule`` per seed, and the instances counted."""
-    out = [_frontier_gain(pools[s], robust[s], hi, lo, metric, zero, rule) for s in seeds]
-    return [g for g, _ in out], [names for _, names in out]
 
 
 def _seed_means(per_metric: Sequence[Sequence[Optional[float]]], n_seeds: int) -> list[Optional[float]]:

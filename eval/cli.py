@@ -1,4 +1,4 @@
-"""``python -m eval {run,report,zoo,demo,reproduce}``: the repository's experiment harness.
+"""``python -m eval {run,report,zoo,demo,reproduce,calibrate}``: the repository's experiment harness.
 
 Run from the repository root. Building the parser imports no torch (``--help`` is instant);
 each command imports what it needs when it runs.
@@ -21,6 +21,7 @@ _EPILOG = """examples:
   make demo                                                   # = python -m eval demo
   python -m eval reproduce --preset mnist5k                   # the powered CPU experiment (~90 min)
   python -m eval reproduce --preset cifar10-vgg11 --dry-run   # the paper's setting: plan and conversions
+  python -m eval calibrate --preset mnist5k                   # choose weight grids on seed 100
   python -m eval run --config eval/configs/mnist5k.yaml --out results/mnist5k-grid
   python -m eval report --out results/mnist5k-grid
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Experiment harness of deform-robust: grids, the paper's demo and "
                                             "reproductions, reports and figures.")
     add_verbose(p, top=True)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,report,zoo,demo,reproduce}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,report,zoo,demo,reproduce,calibrate}")
     run = _sub(sub, "run", "a config's grid of models x attacks x budgets",
                "Run (or resume) every cell of a config; write results, report.md and figures.",
                "python -m eval run --config eval/configs/mnist5k.yaml --out results/x", plots=True)
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     repro.add_argument("--data-root", default=None, help="torchvision root for mnist/cifar10/cifar100 presets")
     _pipeline_options(repro)
+    cal = _sub(sub, "calibrate", "choose a preset's weight grids on a calibration seed (training only)",
+               "Train Standard and each family's calibration.scan weights on a seed the main run does not use, "
+               "then choose the weights expected at the preset's target drops in clean accuracy; writes "
+               "calibration.md (with the YAML lines for the preset), calibration.json and calibration.png.",
+               "python -m eval calibrate --preset mnist5k",
+               "python -m eval calibrate --preset demo --seed 101 --out results/demo-calibration")
+    cal.add_argument("--preset", required=True, help="preset name (eval/presets/<name>.yaml) or a YAML path")
+    cal.add_argument("--seed", type=int, default=None, help="calibration seed (default: the preset's calibration.seed)")
+    cal.add_argument("--out", default=None, help="output folder (default results/<preset>-calibration)")
+    cal.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -205,6 +217,18 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import render_calibration, run_calibration
+    from .presets import load_preset
+
+    preset = load_preset(args.preset)
+    out = Path(args.out or f"results/{preset.name}-calibration")
+    result = run_calibration(preset, out, seed=args.seed, device=args.device, progress=not args.no_progress)
+    print(render_calibration(result).split("Chosen grids")[1].strip())
+    print(f"\nwrote {out / 'calibration.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failed, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -213,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"run": _cmd_run, "report": _cmd_report, "zoo": _cmd_zoo, "demo": _cmd_pipeline,
-                "reproduce": _cmd_pipeline}
+                "reproduce": _cmd_pipeline, "calibrate": _cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:

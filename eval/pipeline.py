@@ -40,21 +40,22 @@ from .provenance import code_fingerprint, git_revision, machine
 from .report import PLOT_PATTERNS, table1
 from .stats import seed_stats
 
-__all__ = ["RESULTS_FORMAT", "describe", "eval_config", "prepare", "run_pipeline", "train_specs"]
+__all__ = ["RESULTS_FORMAT", "describe", "eval_config", "instance_spec", "prepare", "run_pipeline", "train_specs"]
 
 logger = logging.getLogger(__name__)
 
 _FIGURES = ("frontier.png", "matched.png", "matching.png")
 
 
-def _spec(p: Preset, inst: Instance, seed: int) -> TrainSpec:
+def instance_spec(p: Preset, inst: Instance, seed: int) -> TrainSpec:
+    """The training spec of one instance of a preset on one seed (the preset's recipe for every instance)."""
     tr = p.training
     kw: dict[str, Any] = {k: getattr(inst, k) for k in ("weight", "lam", "sigma", "eps") if getattr(inst, k) is not None}
     if inst.lam is not None:
         kw["lam_batch_size"] = int(tr.get("lam_batch_size", 256))
     if inst.variant != "paper":
         kw["variant"] = inst.variant
-    for key in ("augment", "pipeline", "limit", "keep_best", "data_root"):
+    for key in ("augment", "pipeline", "limit", "keep_best", "data_root", "grad_clip"):
         if tr.get(key) is not None:
             kw[key] = tr[key]
     return TrainSpec(dataset=tr.get("dataset", "mnist5k"), model=tr.get("model", "smallcnn"), defense=inst.defense,
@@ -67,7 +68,7 @@ def train_specs(p: Preset) -> dict[tuple[int, Instance], TrainSpec]:
     for seed in p.seeds:
         for inst in p.instances_for(seed):
             try:
-                out[(seed, inst)] = _spec(p, inst, seed)
+                out[(seed, inst)] = instance_spec(p, inst, seed)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{p.source}: training ({inst.name}, seed {seed}): {err}") from None
     return out
@@ -109,7 +110,8 @@ def describe(p: Preset) -> str:
         weight = _weight(spec)
         lines.append(f"  {inst.name:<24} {spec.defense:<14} {lam}weight {weight:.6g}" if weight is not None
                      else f"  {inst.name:<24} {spec.defense}")
-    lines.append(f"schedule: {train_specs(p)[(p.main_seed, p.instances[0])].training_schedule()}")
+    first = train_specs(p)[(p.main_seed, p.instances[0])]
+    lines.append(f"schedule (every instance): {first.training_schedule()}; grad_clip {first.grad_clip}")
     for s in p.seeds[1:]:
         lines.append(f"seed {s}: {', '.join(i.name for i in p.instances_for(s))}")
     cells = 0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from deform_robust.results import CSV_FIELDS, write_csv
+from deform_robust.results import CSV_FIELDS, WORST_FIELDS, write_csv
 from fgr_defense.checkpoint import atomic_write_text
 
 from .analysis import WORST, analyze
@@ -16,7 +16,9 @@ __all__ = ["RESULTS_FORMAT", "format_summary", "read_pipeline_results", "reanaly
            "write_pipeline_outputs"]
 
 #: Format name of a pipeline's ``results.json``.
-RESULTS_FORMAT = "deform-robust-pipeline/2"
+RESULTS_FORMAT = "deform-robust-pipeline/3"
+#: Earlier formats that ``python -m eval report`` still reads (their analysis is recomputed).
+READ_FORMATS = (RESULTS_FORMAT, "deform-robust-pipeline/2")
 
 _CAPTIONS = {"frontier.png": "robust vs clean accuracy of every instance (frontier)",
              "matched.png": "the matched instances' robust accuracy vs budget, mean and 95% interval over seeds",
@@ -40,27 +42,49 @@ def _seeds(values: Sequence[Optional[float]]) -> str:
     return ", ".join("n/a" if v is None else f"{v:+.2f}" for v in values)
 
 
+_RULE_TEXT = {"step": "frontier: best model at least as accurate (registered)",
+              "pareto-linear": "frontier: non-dominated models joined by lines (second fair rule)",
+              "step-all-range": "registered frontier, shared range over every model (dominated ones too)",
+              "interpolate": "each instance vs the baseline's polyline (the withdrawn first rule)"}
+
+
+def _verdict_rows(a: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [("attacks", s) for s in a["frontier"]["summary"]] + [(WORST, s) for s in a["frontier"]["summary_worst"]]
+
+
+def _robustness(a: dict[str, Any], pair: str, over: str, registered: str) -> str:
+    """The registered verdict checked against the second fair rule: it stands, or it is no verdict."""
+    other = next((x for x in a.get("secondary", []) if x["rule"] == "pareto-linear" and x["pair"] == pair
+                  and x["over"] == over), None)
+    if other is None:
+        return ""
+    return "stands" if other["verdict"] == registered else f"**no verdict** (pareto-linear: {other['verdict']})"
+
+
 def _verdict_section(res: dict[str, Any]) -> list[str]:
     a = res["analysis"]
     crit = res["preset"]["analysis"].get("criterion")
     parts = ["## Verdict", ""]
     if crit:
-        parts += [f"**Pre-registered criterion** (written before the run, in the preset): {crit.strip()}", ""]
+        parts += [f"**Registered endpoint** (written in the preset before the run): {crit.strip()}", ""]
     rows = []
-    for label, summary in (("attacks", a["frontier"]["summary"]), (WORST, a["frontier"]["summary_worst"])):
-        for s in summary:
-            paper = f"{s['paper'][1]:+.1f} ({s['paper'][0]:+.1f} to {s['paper'][2]:+.1f})" if s.get("paper") else ""
-            rows.append([s["pair"], label, _seeds(s["per_seed"]), _pm(s, sign=True), f"**{s['verdict']}**",
-                         f"{s['cells_positive']}/{s['cells_defined']}", paper])
+    for label, s in _verdict_rows(a):
+        paper = f"{s['paper'][1]:+.1f} ({s['paper'][0]:+.1f} to {s['paper'][2]:+.1f})" if s.get("paper") else ""
+        rows.append([s["pair"], label, _seeds(s["per_seed"]), _pm(s, sign=True), f"**{s['verdict']}**",
+                     _robustness(a, s["pair"], label, s["verdict"]), f"{s['cells_positive']}/{s['cells_defined']}",
+                     paper])
     parts += [md_table(["pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
-                        "cells > 0", "paper: mean (min to max)"], rows), ""]
+                        "under the second fair rule", "cells > 0", "paper: mean (min to max)"], rows), ""]
     zero = a.get("zero_weight")
-    parts += ["The gain of an instance is its robust accuracy minus the baseline family's frontier interpolated at "
-              "its clean accuracy" + (f" (the baseline's frontier includes the {zero} model: every family at weight "
-                                      "0)" if zero else "")
-              + " (instances outside the baseline's clean-accuracy range are not counted); a seed's "
-              "gain is the mean over its instances and over the attack × budget cells (row `attacks`) or the "
-              "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds.", ""]
+    parts += ["Rule: for a seed, an attack × budget cell and a family, the points are the family's instances"
+              + (f" plus the {zero} model (every family at weight 0)" if zero else "")
+              + "; the family's frontier R(c) is the best robust accuracy among the points with clean accuracy at "
+              "least c (dominated points never count). The gain of a cell is the mean of R_hi(c) - R_lo(c) over 201 "
+              "evenly spaced c between the larger of the two families' lowest clean accuracies and the smaller of "
+              "their highest. A seed's gain is the mean over the attack × budget cells (row `attacks`) or the "
+              "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds. "
+              "The column *under the second fair rule* recomputes the verdict with the non-dominated models joined "
+              "by straight lines: where it differs, the data do not decide and there is no verdict.", ""]
     return parts
 
 
@@ -74,29 +98,49 @@ def _frontier_section(res: dict[str, Any]) -> list[str]:
     parts = ["## Frontier: robust vs clean accuracy", ""]
     if "frontier.png" in res["figures"]:
         parts += ["![frontier](frontier.png)", ""]
-    parts += ["Frontier gain in points, mean [95% CI] over seeds (seeds where it is defined):", "",
-              md_table(["metric", "budget (px)"] + pairs, rows), ""]
+    parts += ["Frontier gain in points under the registered rule, mean [95% CI] over seeds (seeds where it is "
+              "defined):", "", md_table(["metric", "budget (px)"] + pairs, rows), ""]
     return parts
 
 
-_RULE_TEXT = {"dominance": "best baseline model at least as accurate",
-              "tolerance": "best baseline model within 0.6 points of clean accuracy"}
+def _coverage_section(res: dict[str, Any]) -> list[str]:
+    a = res["analysis"]
+    cov = a.get("coverage")
+    if not cov:
+        return []
+    need = res["preset"]["analysis"].get("coverage") or {}
+    min_drop, max_gap = need.get("min_drop"), need.get("max_gap")
+    rows = []
+    for c in cov:
+        ok = ""
+        if min_drop is not None and max_gap is not None and c["drop"] is not None:
+            ok = "yes" if c["drop"] >= min_drop - 1e-9 and (c["max_gap"] or 0) <= max_gap + 1e-9 else "**no**"
+        rows.append([c["family"], str(c["seed"]), str(c["instances"]), pct(c["top"]) if c["top"] is not None else "",
+                     pct(c["lowest"]) if c["lowest"] is not None else "",
+                     f"{100 * c['drop']:.1f}" if c["drop"] is not None else "",
+                     f"{100 * c['max_gap']:.1f}" if c["max_gap"] is not None else "", ok])
+    head = "## Coverage of clean accuracy"
+    text = (f"Each family with the {a.get('zero_weight')} model, per seed: the drop below it and the largest gap "
+            "between neighbouring clean accuracies (points)")
+    if min_drop is not None and max_gap is not None:
+        text += f"; required: a drop of at least {100 * min_drop:g} and no gap over {100 * max_gap:g}"
+    return [head, "", text + ".", "", md_table(["family", "seed", "instances", "top %", "lowest %", "drop",
+                                               "largest gap", "meets the requirement"], rows), ""]
 
 
-def _sensitivity_section(res: dict[str, Any]) -> list[str]:
-    sens = res["analysis"].get("sensitivity")
-    if not sens:
+def _secondary_section(res: dict[str, Any]) -> list[str]:
+    sec = res["analysis"].get("secondary")
+    if not sec:
         return []
     rows = [[_RULE_TEXT.get(s["rule"], s["rule"]), s["pair"], s["over"], _seeds(s["per_seed"]), _pm(s, sign=True),
-             s["verdict"], ", ".join(str(len(u)) for u in s["instances_used"])] for s in sens]
-    return ["### Sensitivity to the baseline (post hoc, not the endpoint)", "",
-            "The same summaries with two baselines that favour the baseline family: the best robust accuracy of any "
-            "baseline model (Standard included) at least as accurate as the instance (so instances below the "
-            "baseline's clean-accuracy range count too), and the best baseline model within 0.6 points of the "
-            "instance's clean accuracy (about one standard error of a 96% clean accuracy measured on 1,000 images). Both take the best of several noisy "
-            "models, so they are biased toward the baseline; the verdict above uses the pre-registered interpolation.",
-            "", md_table(["baseline", "pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
-                          "instances counted per seed"], rows), ""]
+             s["verdict"]] for s in sec]
+    return ["### Secondary views (not the endpoint)", "",
+            "The same summaries under the second fair rule (the registered rule's frontiers joined by straight lines "
+            "between non-dominated models), with the shared range taken over every model (dominated ones included), "
+            "and under the rule of the withdrawn first report (each instance against "
+            "the baseline's polyline through every baseline model, Standard included; instances outside the "
+            "baseline's range not counted; dominated models bend the line).", "",
+            md_table(["rule", "pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict"], rows), ""]
 
 
 def _matched_section(res: dict[str, Any]) -> list[str]:
@@ -209,7 +253,8 @@ def render_pipeline_report(res: dict[str, Any]) -> str:
     if res.get("anchor"):
         parts += _anchor_section(res)
     if res.get("analysis"):
-        parts += _verdict_section(res) + _frontier_section(res) + _sensitivity_section(res) + _matched_section(res)
+        parts += (_verdict_section(res) + _frontier_section(res) + _secondary_section(res) + _coverage_section(res)
+                  + _matched_section(res))
     parts += _strength_section(res) + _table1_section(res) + _setup_section(res)
     body = render_report(res["runs"][main], [f for f in res["figures"] if f not in _CAPTIONS])
     lines = [("#" + ln if ln.startswith("## ") else ln) for ln in body.splitlines()]
@@ -218,13 +263,17 @@ def render_pipeline_report(res: dict[str, Any]) -> str:
 
 
 def write_pipeline_outputs(res: dict[str, Any], out: Path) -> None:
-    """``results.json`` (cells without their fingerprint components), ``results.csv``, ``frontier.csv``, ``report.md``."""
+    """``results.json`` (cells without their fingerprint components), ``results.csv`` (every cell; columns
+    ``train_seed`` and ``attack_seed``), ``worst_case.csv``, ``frontier.csv``, ``report.md``."""
     rows = []
     for s, r in res["runs"].items():
         by_model = {m["name"]: m for m in r["models"]}
-        rows += [{**c, "seed": s, "defense": by_model[c["model"]]["defense"], "group": by_model[c["model"]]["group"]}
-                 for c in r["cells"]]
-    write_csv(out / "results.csv", rows, ["seed", *CSV_FIELDS])
+        rows += [{**c, "train_seed": s, "attack_seed": c.get("seed"), "defense": by_model[c["model"]]["defense"],
+                  "group": by_model[c["model"]]["group"]} for c in r["cells"]]
+    # one column per meaning: the training seed of the model and the seed of the attack
+    write_csv(out / "results.csv", rows, ["train_seed", *("attack_seed" if f == "seed" else f for f in CSV_FIELDS)])
+    worst = [{**w, "train_seed": s} for s, r in res["runs"].items() for w in r.get("worst_case", [])]
+    write_csv(out / "worst_case.csv", worst, ["train_seed", *WORST_FIELDS])
     if res.get("analysis"):
         gains = [{"view": "frontier", **g} for g in res["analysis"]["frontier"]["gains"]]
         gains += [{"view": "matched", **g} for g in res["analysis"]["matched"]["gains"]]
@@ -267,7 +316,7 @@ def read_pipeline_results(path: str | Path) -> Optional[dict[str, Any]]:
         obj = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # the harness reader reports it, naming the file
-    if isinstance(obj, dict) and obj.get("format") == RESULTS_FORMAT:
+    if isinstance(obj, dict) and obj.get("format") in READ_FORMATS:
         return obj
     return None
 

@@ -17,7 +17,8 @@ A preset is an eval config (the format of ``eval/configs/``: ``name``, ``seed``,
       augment: true                # the dataset's training augmentation (pipeline: paper | authors)
       lam_batch_size: 256          # the batch size the paper's lambdas refer to
       seeds: [0, 1, 2]             # the first is the main seed
-      instances:                   # `seeds: main` trains on the main seed only
+      grad_clip: 5.0               # optional: one stabilizer for every instance (the global gradient norm)
+      instances:                   # `seeds: main` trains on the main seed only, `seeds: [0, 1]` on those
         - {defense: Standard}
         - {defense: IGR, lam: [1000, 3000, 5000, 7000]}   # a list expands into one instance each
         - {defense: IGR, weight: [1, 4, 16]}
@@ -40,7 +41,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from deform_robust.config import ConfigError, read_yaml
 from fgr_defense.presets import get_schedule, resolve_defense_name
@@ -51,9 +52,9 @@ __all__ = ["PRESET_DIR", "Instance", "Preset", "PresetError", "available_presets
 PRESET_DIR = Path(__file__).with_name("presets")
 _INSTANCE_KEYS = {"defense", "weight", "lam", "sigma", "variant", "eps", "seeds"}
 _TRAINING_KEYS = {"dataset", "model", "schedule", "augment", "pipeline", "limit", "lam_batch_size", "seeds",
-                  "instances", "keep_best", "data_root"}
+                  "instances", "keep_best", "data_root", "grad_clip"}
 _TOP_KEYS = {"name", "title", "command", "extends", "seed", "device", "data", "training", "attacks", "checks",
-             "plots", "report", "analysis", "anchor", "notes"}
+             "plots", "report", "analysis", "anchor", "notes", "calibration"}
 _PAPER_GAINS: dict[str, dict[str, tuple[float, float, float]]] = {
     # The paper's improvements in robust accuracy, points (min, mean, max), "Results" section.
     "FGR - IGR": {"mnist": (0.2, 10.6, 32.7), "cifar10": (7.8, 16.2, 26.2), "cifar100": (4.4, 9.3, 18.9)},
@@ -80,7 +81,7 @@ class Instance:
     sigma: Optional[float] = None
     variant: str = "paper"
     eps: Optional[float] = None
-    seeds: str = "all"
+    seeds: Union[str, tuple[int, ...]] = "all"
 
     @property
     def name(self) -> str:
@@ -113,8 +114,9 @@ class Preset:
         return self.seeds[0]
 
     def instances_for(self, seed: int) -> list[Instance]:
-        """The instances trained for ``seed`` (every one for the main seed)."""
-        return [i for i in self.instances if seed == self.main_seed or i.seeds == "all"]
+        """The instances trained for ``seed`` (every one for the main seed; ``seeds: [..]`` lists others)."""
+        return [i for i in self.instances
+                if seed == self.main_seed or i.seeds == "all" or (isinstance(i.seeds, tuple) and seed in i.seeds)]
 
     def eval_part(self) -> dict[str, Any]:
         """The eval-config keys of the preset (everything but the training plan)."""
@@ -179,8 +181,11 @@ def _instances(raw: Any, source: str) -> tuple[Instance, ...]:
                 raise ValueError("give weight or lam, not both")
             strength = "weight" if d.get("weight") is not None else "lam" if d.get("lam") is not None else ""
             seeds = d.get("seeds", "all")
-            if seeds not in ("all", "main"):
-                raise ValueError(f"seeds: expected 'all' or 'main', got {seeds!r}")
+            if isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                         for x in seeds):
+                seeds = tuple(seeds)
+            elif seeds not in ("all", "main"):
+                raise ValueError(f"seeds: expected 'all', 'main' or a list of training seeds, got {seeds!r}")
             kw: dict[str, Any] = {k: d[k] for k in ("sigma", "variant", "eps") if d.get(k) is not None}
             for v in (_listed(d[strength]) if strength else [None]):
                 strength_kw: dict[str, Any] = {strength: float(check_number(v, strength, minimum=0))} if strength else {}

@@ -11,6 +11,17 @@ Conventions:
       piecewise-linear interpolation between its instances sorted by clean accuracy (instances
       with equal clean accuracy are averaged); outside the family's clean-accuracy range it is
       undefined (no extrapolation).
+    - *Frontier of a family* (the registered endpoint, issue 15): from its ``(clean, robust)``
+      points, ``R(c)`` is the best robust accuracy among the points whose clean accuracy is at
+      least ``c`` (a step function; a point that another point dominates never counts). The
+      second fair rule, ``"pareto-linear"``, joins the non-dominated points by straight lines
+      (``R(c)`` is the most robust point's value below its clean accuracy).
+    - *Frontier gain* of ``hi`` over ``lo``: the mean of ``R_hi(c) - R_lo(c)`` over
+      :data:`FRONTIER_GRID` evenly spaced ``c`` in the shared range ``[L, U]``, ``L`` the larger of
+      the two lowest clean accuracies, ``U`` the smaller of the two highest; undefined when
+      ``L > U``. The lowest and highest are taken over each family's non-dominated points, so
+      that a dominated point never counts, for the range either (``range_over="all"`` takes
+      every point: a secondary view).
     - *Matching* (the paper's Table 1 rule): a family with several instances is represented by
       the instance whose clean accuracy is closest to a target's; ties go to the first instance.
 """
@@ -22,7 +33,14 @@ import statistics
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
-__all__ = ["interpolate", "match_instances", "representatives", "seed_stats", "t_quantile", "verdict"]
+__all__ = ["FRONTIER_GRID", "FRONTIER_RULES", "frontier_at", "frontier_gain", "interpolate", "match_instances",
+           "pareto_points", "representatives", "seed_stats", "shared_range", "t_quantile", "verdict"]
+
+#: Number of evenly spaced clean accuracies at which two frontiers are compared (the registered endpoint).
+FRONTIER_GRID = 201
+
+#: Frontier shapes: ``"step"`` (the registered endpoint) and ``"pareto-linear"`` (the second fair rule).
+FRONTIER_RULES = ("step", "pareto-linear")
 
 
 def t_quantile(df: int, q: float = 0.975) -> float:
@@ -172,3 +190,109 @@ def verdict(ci: Optional[Sequence[float]], values: Sequence[float]) -> str:
     if ci[1] < 0:
         return "contradicted"
     return "not detected"
+
+
+def pareto_points(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated ``(clean, robust)`` points, by increasing clean accuracy (so decreasing robustness).
+
+    A point is dominated when another is at least as accurate and at least as robust, and better in one.
+    Duplicates are kept once.
+
+    Example:
+        >>> pareto_points([(0.90, 0.40), (0.95, 0.20), (0.96, 0.30), (0.93, 0.10), (0.96, 0.30)])
+        [(0.9, 0.4), (0.96, 0.3)]
+    """
+    out: list[tuple[float, float]] = []
+    best = -math.inf
+    for x, y in sorted({(float(x), float(y)) for x, y in points}, key=lambda p: (-p[0], -p[1])):
+        if y > best:  # more robust than every more accurate point
+            out.append((x, y))
+            best = y
+    return out[::-1]
+
+
+def frontier_at(points: Sequence[tuple[float, float]], clean: float, rule: str = "step") -> Optional[float]:
+    """A family's frontier ``R(clean)`` from its ``(clean, robust)`` points; None above its highest clean accuracy.
+
+    ``"step"``: the best robust accuracy among the points with clean accuracy >= ``clean``.
+    ``"pareto-linear"``: the non-dominated points joined by straight lines; below the lowest of
+    them, the most robust point's value.
+
+    Example:
+        >>> pts = [(0.90, 0.40), (0.95, 0.20), (0.96, 0.30)]
+        >>> frontier_at(pts, 0.93), frontier_at(pts, 0.97), frontier_at(pts, 0.5)
+        (0.3, None, 0.4)
+        >>> round(frontier_at(pts, 0.93, "pareto-linear"), 6)  # (0.90, 0.40) to (0.96, 0.30); (0.95, 0.20) is dominated
+        0.35
+    """
+    if rule not in FRONTIER_RULES:
+        raise ValueError(f"rule: expected one of {FRONTIER_RULES}, got {rule!r}")
+    if rule == "step":
+        cand = [float(y) for x, y in points if x >= clean]
+        return max(cand) if cand else None
+    front = pareto_points(points)
+    if not front or clean > front[-1][0]:
+        return None
+    if clean <= front[0][0]:
+        return front[0][1]
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        if x0 <= clean <= x1:
+            return y0 + (y1 - y0) * (clean - x0) / (x1 - x0)
+    return front[-1][1]  # pragma: no cover - the loop covers [front[0][0], front[-1][0]]
+
+
+def shared_range(hi: Sequence[tuple[float, float]], lo: Sequence[tuple[float, float]], over: str = "pareto"
+                 ) -> Optional[tuple[float, float]]:
+    """``(L, U)``: the larger of the two lowest clean accuracies and the smaller of the two highest (None if L > U).
+
+    ``over="pareto"`` (the registered rule) takes each family's non-dominated points only,
+    ``over="all"`` every point.
+
+    Example:
+        >>> shared_range([(0.90, 0.4), (0.96, 0.1)], [(0.93, 0.3), (0.97, 0.0)])
+        (0.93, 0.96)
+        >>> shared_range([(0.90, 0.4)], [(0.93, 0.3)]) is None
+        True
+        >>> hi = [(0.96, 0.1), (0.92, 0.4), (0.88, 0.3)]   # (0.88, 0.3) is dominated by (0.92, 0.4)
+        >>> shared_range(hi, [(0.85, 0.5), (0.97, 0.0)]), shared_range(hi, [(0.85, 0.5), (0.97, 0.0)], "all")
+        ((0.92, 0.96), (0.88, 0.96))
+    """
+    if over not in ("pareto", "all"):
+        raise ValueError(f"over: expected 'pareto' or 'all', got {over!r}")
+    if not hi or not lo:
+        return None
+    if over == "pareto":
+        hi, lo = pareto_points(hi), pareto_points(lo)
+    low = max(min(x for x, _ in hi), min(x for x, _ in lo))
+    up = min(max(x for x, _ in hi), max(x for x, _ in lo))
+    return (float(low), float(up)) if low <= up else None
+
+
+def frontier_gain(hi: Sequence[tuple[float, float]], lo: Sequence[tuple[float, float]], rule: str = "step",
+                  grid: int = FRONTIER_GRID, range_over: str = "pareto") -> Optional[float]:
+    """Mean of ``R_hi(c) - R_lo(c)`` over ``grid`` evenly spaced ``c`` in the shared range, in points.
+
+    ``hi`` and ``lo`` are ``(clean, robust)`` fractions (each family's instances, plus the
+    unregularized model where it belongs to both). None when the clean ranges do not overlap.
+    ``range_over``: see :func:`shared_range`.
+
+    Example:
+        >>> fgr = [(0.96, 0.50), (0.94, 0.60), (0.90, 0.70)]
+        >>> igr = [(0.96, 0.50), (0.95, 0.52), (0.90, 0.60)]
+        >>> # c = 0.90 + 0.0003 k: +10 at k = 0, +8 for k = 1..133, -2 for k = 134..166, 0 above: 1008 / 201
+        >>> round(frontier_gain(fgr, igr), 4)
+        5.0149
+        >>> frontier_gain(fgr, igr) == frontier_gain(fgr, igr + [(0.93, 0.51), (0.85, 0.58)])  # both dominated
+        True
+    """
+    check = shared_range(hi, lo, range_over)
+    if check is None:
+        return None
+    low, up = check
+    total = 0.0
+    for k in range(grid):
+        c = low + (up - low) * k / (grid - 1) if grid > 1 else low
+        a, b = frontier_at(hi, c, rule), frontier_at(lo, c, rule)
+        assert a is not None and b is not None  # c <= U <= both highest clean accuracies
+        total += a - b
+    return 100.0 * total / grid

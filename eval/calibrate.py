@@ -1,0 +1,252 @@
+"""Choose a preset's weight grids on a calibration seed: ``python -m eval calibrate --preset mnist5k``.
+
+The comparison of defense families at equal clean accuracy (:mod:`eval.analysis`) is only as
+good as each family's coverage of clean accuracy. This command picks the weights on a seed
+that the preset's main run does not use, so that the grid is fixed before the main run sees
+any data:
+
+1. Train the zero-weight model (Standard) and every weight of each family's ``calibration.scan``
+   on ``calibration.seed``, with the preset's training recipe (schedule, stabilizer, data).
+2. Read each model's clean accuracy on the test split (the images the pipeline evaluates).
+3. Per family, choose the weights whose clean accuracy is expected at each target drop below
+   Standard (:func:`choose_weights`), and add the geometric mean of two chosen neighbours
+   where the expected drop between them exceeds ``max_step`` (the steep part of the curve,
+   where training noise makes clean accuracy jump).
+4. Write ``calibration.json``, ``calibration.md`` (with the YAML lines to commit in the
+   preset) and ``calibration.png`` (clean accuracy against weight).
+
+A preset's ``calibration`` section::
+
+    calibration:
+      seed: 100                   # not one of training.seeds
+      targets: [0.5, 1.25, 2, 3]  # drops below Standard, in points
+      max_step: 1.5               # points: a wider expected step gets a weight in between
+      scan: {IGR: [0.5, 2, 8], FGR: [5, 15, 50]}
+
+Convention:
+    Weights are this package's per-example ``weight``; clean accuracies fractions; drops and
+    steps percentage points. The expected clean accuracy between two scanned weights is
+    linear in ``log(weight)``, after the scan is made non-increasing in weight (a running
+    minimum), so a noisy scan never asks for a weight twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm import tqdm
+
+from fgr_defense.presets import resolve_defense_name
+
+from .presets import Instance, Preset, PresetError
+
+__all__ = ["calibration_plan", "choose_weights", "expected_clean", "render_calibration", "run_calibration"]
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_plan(p: Preset, seed: int | None = None) -> tuple[int, list[Instance], dict[str, Any]]:
+    """``(seed, instances, section)``: the models a calibration trains (Standard first).
+
+    Raises:
+        PresetError: no ``calibration`` section, a bad value, or a seed the main run uses.
+    """
+    cal = p.raw.get("calibration")
+    if not isinstance(cal, dict) or not isinstance(cal.get("scan"), dict) or not cal["scan"]:
+        raise PresetError(f"{p.source}: calibration: expected a mapping with a non-empty 'scan' "
+                          "({family: [weights]}), got " + repr(cal))
+    seed = int(cal.get("seed", 100)) if seed is None else int(seed)
+    if seed in p.seeds:
+        raise PresetError(f"--seed: expected a calibration seed that the main run does not use "
+                          f"(training.seeds {list(p.seeds)}), got {seed}")
+    targets = cal.get("targets")
+    if not isinstance(targets, list) or not targets or any(not isinstance(t, (int, float)) or t <= 0
+                                                            for t in targets):
+        raise PresetError(f"{p.source}: calibration.targets: expected positive drops in points, got {targets!r}")
+    insts = [Instance(str(p.analysis.get("zero_weight") or "Standard"))]
+    for family, weights in cal["scan"].items():
+        if not isinstance(weights, list) or not weights or any(
+                not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 for w in weights):
+            raise PresetError(f"{p.source}: calibration.scan.{family}: expected positive weights, got {weights!r}")
+        insts += [Instance(resolve_defense_name(str(family)), weight=float(w)) for w in sorted(weights)]
+    return seed, insts, cal
+
+
+def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
+    """Clean accuracy expected at ``weight`` from ``(weight, clean)`` scan points (see the Convention).
+
+    Example:
+        >>> scan = [(1.0, 0.96), (4.0, 0.92), (16.0, 0.70)]
+        >>> round(expected_clean(scan, 2.0), 6), expected_clean(scan, 0.5), expected_clean(scan, 32.0)
+        (0.94, 0.96, 0.7)
+    """
+    pts = _monotone(scan)
+    if weight <= pts[0][0]:
+        return pts[0][1]
+    for (w0, c0), (w1, c1) in zip(pts, pts[1:]):
+        if w0 <= weight <= w1:
+            return c0 + (c1 - c0) * (math.log(weight) - math.log(w0)) / (math.log(w1) - math.log(w0))
+    return pts[-1][1]
+
+
+def _monotone(scan: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for w, c in sorted(scan):
+        out.append((float(w), min(float(c), out[-1][1]) if out else float(c)))
+    return out
+
+
+def _weight_at(pts: Sequence[tuple[float, float]], clean: float) -> float | None:
+    """The weight whose expected clean accuracy is ``clean`` (None when the scan does not reach it)."""
+    for (w0, c0), (w1, c1) in zip(pts, pts[1:]):
+        if c1 <= clean <= c0 and c0 > c1:
+            t = (c0 - clean) / (c0 - c1)
+            return math.exp(math.log(w0) + t * (math.log(w1) - math.log(w0)))
+    return None
+
+
+def _round(w: float) -> float:
+    """Two significant digits (weights are written into the preset by hand)."""
+    return float(f"{w:.2g}")
+
+
+def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targets: Sequence[float],
+                   max_step: float | None = None) -> list[float]:
+    """Weights expected at each target drop (points) below ``zero_clean``, plus fill-ins on steep steps.
+
+    Args:
+        scan: ``(weight, clean accuracy)`` of the scanned models of one family.
+        zero_clean: the zero-weight model's clean accuracy.
+        targets: drops below ``zero_clean`` in points, e.g. ``[0.5, 1.5, 3, 6]``.
+        max_step: where the expected clean accuracies of two neighbouring chosen weights differ by
+            more than this (points), add their geometric mean (once per pair); None: no fill-ins.
+
+    Returns:
+        Sorted distinct weights (two significant digits); targets the scan does not reach are
+        skipped (the scan must then extend further, which :func:`render_calibration` says).
+
+    Example:
+        >>> scan = [(1.0, 0.96), (4.0, 0.94), (16.0, 0.80)]
+        >>> choose_weights(scan, 0.965, [1.5, 2.5])
+        [2.0, 4.0]
+        >>> # 0.86 lies 8/14 of the way from 0.94 (w 4) to 0.80 (w 16): 4 * 4 ** (4 / 7) = 8.83; the 8-point
+        >>> # step from 4 to 8.8 gets sqrt(4 * 8.8) = 5.93
+        >>> choose_weights(scan, 0.965, [2.5, 10.5], max_step=3)
+        [4.0, 5.9, 8.8]
+    """
+    pts = _monotone(scan)
+    chosen = []
+    for drop in targets:
+        w = _weight_at(pts, zero_clean - drop / 100.0)
+        if w is not None:
+            chosen.append(_round(w))
+    chosen = sorted(set(chosen))
+    if max_step is not None:
+        extra = [_round(math.sqrt(a * b)) for a, b in zip(chosen, chosen[1:])
+                 if 100.0 * (expected_clean(pts, a) - expected_clean(pts, b)) > max_step]
+        chosen = sorted(set(chosen) | set(extra))
+    return chosen
+
+
+def run_calibration(p: Preset, out: str | Path, seed: int | None = None, device: str = "auto",
+                    progress: bool = True) -> dict[str, Any]:
+    """Train the scan on the calibration seed, choose the grids, write the outputs; returns the JSON dict."""
+    from fgr_defense.device import resolve_device
+    from fgr_defense.naming import slugify
+    from fgr_defense.spec import train_from_spec
+
+    from .pipeline import instance_spec
+    from .provenance import git_revision, machine
+
+    seed, insts, cal = calibration_plan(p, seed)
+    out = Path(out)
+    dev = resolve_device(device)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(insts, desc=f"{p.name}: calibrate (seed {seed})", unit="model", disable=None if progress else True)
+    for k, inst in enumerate(bar, 1):
+        bar.set_postfix_str(f"model {k}/{len(insts)}: {inst.name}")
+        spec = dataclasses.replace(instance_spec(p, inst, seed), device=str(dev))
+        res = train_from_spec(spec, out / "cache" / f"seed{seed}" / slugify(inst.name), mode="auto")
+        clean = res.history[-1].get("val_acc") if res.history else None
+        if clean is None:
+            raise RuntimeError(f"{inst.name}: training kept no test accuracy; calibration needs validation")
+        rows.append({"model": inst.name, "defense": inst.defense, "weight": inst.weight or 0.0,
+                     "clean_acc": float(clean), "train_s": res.train_s,
+                     "val_curve": [h.get("val_acc") for h in res.history]})
+    bar.close()
+    zero = float(rows[0]["clean_acc"])
+    targets = [float(t) for t in cal["targets"]]
+    max_step = cal.get("max_step")
+    grids: dict[str, list[float]] = {}
+    reach: dict[str, float] = {}
+    for family in cal["scan"]:
+        scan = [(float(r["weight"]), float(r["clean_acc"])) for r in rows if r["defense"] == family]
+        grids[family] = choose_weights(scan, zero, targets, max_step)
+        reach[family] = 100.0 * (zero - min(c for _, c in scan))
+    result = {"preset": p.name, "source": p.source, "seed": seed, "targets": targets, "max_step": max_step,
+              "zero_clean": zero, "models": rows, "grids": grids, "reach": reach,
+              "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(),
+                         **machine(dev)}}
+    out.mkdir(parents=True, exist_ok=True)
+    from fgr_defense.checkpoint import atomic_write_text
+
+    atomic_write_text(out / "calibration.json", json.dumps(result, indent=1) + "\n")
+    figure = _plot(result, out / "calibration.png")
+    atomic_write_text(out / "calibration.md", render_calibration(result, figure))
+    return result
+
+
+def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> str:
+    """The Markdown summary: every scanned model, the chosen grids and the YAML lines for the preset."""
+    from .report import md_table, pct
+
+    zero = result["zero_clean"]
+    lines = [f"# Calibration of `{result['preset']}` on seed {result['seed']}", "",
+             f"- Command: `{result['header']['command']}` at revision `{result['header']['git_revision']}`",
+             f"- Zero-weight model: {pct(zero)}% clean; target drops (points): "
+             f"{', '.join(f'{t:g}' for t in result['targets'])}; fill-in above a step of {result['max_step']} points",
+             ""]
+    if figure:
+        lines += [f"![calibration]({figure})", ""]
+    rows = [[r["model"], f"{r['weight']:g}", pct(r["clean_acc"]), f"{100 * (zero - r['clean_acc']):+.1f}",
+             f"{r['train_s']:.0f}"] for r in result["models"]]
+    lines += [md_table(["model", "weight", "clean %", "drop (points)", "train s"], rows), ""]
+    lines += ["Chosen grids (commit them in the preset before the main run):", "", "```yaml"]
+    lines += [f"    - {{defense: {f}, weight: [{', '.join(f'{w:g}' for w in ws)}]}}"
+              for f, ws in result["grids"].items()]
+    lines += ["```", ""]
+    short = [f for f, r in result["reach"].items() if r < max(result["targets"])]
+    if short:
+        lines += [f"The scan of {', '.join(short)} does not reach the largest target drop: extend it.", ""]
+    return "\n".join(lines)
+
+
+def _plot(result: Mapping[str, Any], path: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for family, weights in result["grids"].items():
+        scan = sorted((r["weight"], r["clean_acc"]) for r in result["models"] if r["defense"] == family)
+        line = ax.plot([w for w, _ in scan], [100 * c for _, c in scan], "o-", label=f"{family} (scan)")[0]
+        for w in weights:
+            ax.axvline(w, color=line.get_color(), alpha=0.25, lw=1)
+    ax.axhline(100 * result["zero_clean"], color="k", ls="--", lw=1, label="Standard")
+    for t in result["targets"]:
+        ax.axhline(100 * result["zero_clean"] - t, color="grey", lw=0.5, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("weight (log scale); vertical lines: the chosen grid")
+    ax.set_ylabel("clean accuracy %")
+    ax.set_title(f"{result['preset']}: calibration on seed {result['seed']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

@@ -1,0 +1,181 @@
+"""The registered frontier rule (issue 15): known answers, simulated calibration, and invariance to dominated points.
+
+The references here are written from the rule's text, not from eval.stats: for a family, R(c) is the best robust
+accuracy among its points (Standard included) with clean accuracy at least c; the gain is the mean of
+R_hi(c) - R_lo(c) over 201 evenly spaced c in [L, U] (L the larger of the two lowest clean accuracies of the
+non-dominated points, U the smaller of the two highest).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Any
+
+import pytest
+
+from eval.analysis import analyze, coverage
+from eval.stats import frontier_at, frontier_gain, pareto_points, seed_stats, shared_range, verdict
+
+Point = tuple[float, float]
+
+
+def _reference_gain(hi: list[Point], lo: list[Point]) -> float | None:
+    """The rule written out with plain loops (no eval.stats helpers)."""
+    def undominated(pts: list[Point]) -> list[Point]:
+        return [p for p in pts if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts)]
+
+    def front(pts: list[Point], c: float) -> float:
+        return max(r for x, r in pts if x >= c)
+
+    uh, ul = undominated(hi), undominated(lo)
+    low = max(min(x for x, _ in uh), min(x for x, _ in ul))
+    up = min(max(x for x, _ in uh), max(x for x, _ in ul))
+    if low > up:
+        return None
+    cs = [low + (up - low) * k / 200 for k in range(201)]
+    return 100 * sum(front(hi, c) - front(lo, c) for c in cs) / 201
+
+
+def _family(rng: random.Random, shift: float = 0.0, top: float = 0.965, n: int = 8) -> list[Point]:
+    """A simulated family: clean accuracy falls with the weight, robustness rises; noise on both."""
+    out = []
+    for k in range(n):
+        drop = 0.0075 * (k + 1)
+        clean = top - drop + rng.gauss(0, 0.003)
+        out.append((clean, 0.30 + 6.0 * drop + shift + rng.gauss(0, 0.015)))
+    return out
+
+
+def _simulated_seed(rng: random.Random, shift: float, cells: int = 4) -> float:
+    """One seed's gain: the mean over ``cells`` attack cells, each with its own robust accuracies."""
+    gains = []
+    for _ in range(cells):
+        standard = (0.965 + rng.gauss(0, 0.002), 0.30 + rng.gauss(0, 0.015))
+        a = _family(rng, shift) + [standard]
+        b = _family(rng) + [standard]
+        g = frontier_gain(a, b)
+        assert g is not None
+        gains.append(g)
+    return statistics.fmean(gains)
+
+
+class TestKnownAnswers:
+    def test_hand_computed_step_frontier(self) -> None:
+        fgr = [(0.96, 0.50), (0.94, 0.60), (0.90, 0.70)]
+        igr = [(0.96, 0.50), (0.95, 0.52), (0.90, 0.60)]
+        # c_k = 0.90 + 0.0003 k: R_FGR - R_IGR is 0.10 at k = 0, 0.08 for k = 1..133 (c <= 0.94),
+        # -0.02 for k = 134..166 (c <= 0.95) and 0 above: (10 + 133 * 8 - 33 * 2) / 201 points
+        assert frontier_gain(fgr, igr) == pytest.approx((10 + 133 * 8 - 33 * 2) / 201)
+        assert frontier_gain(igr, fgr) == pytest.approx(-(10 + 133 * 8 - 33 * 2) / 201)
+
+    def test_matches_the_rule_written_out(self) -> None:
+        rng = random.Random(7)
+        for _ in range(40):
+            a = [(rng.uniform(0.85, 0.97), rng.uniform(0.1, 0.7)) for _ in range(rng.randint(1, 9))]
+            b = [(rng.uniform(0.85, 0.97), rng.uniform(0.1, 0.7)) for _ in range(rng.randint(1, 9))]
+            ref = _reference_gain(a, b)
+            got = frontier_gain(a, b)
+            assert (ref is None and got is None) or got == pytest.approx(ref, abs=1e-9)
+
+    def test_identical_families_gain_zero(self) -> None:
+        pts = [(0.96, 0.3), (0.95, 0.4), (0.93, 0.45)]
+        assert frontier_gain(pts, list(pts)) == 0.0
+
+    def test_no_overlap_is_undefined(self) -> None:
+        assert frontier_gain([(0.90, 0.5), (0.91, 0.4)], [(0.95, 0.3), (0.96, 0.2)]) is None
+
+    def test_step_frontier_values(self) -> None:
+        pts = [(0.90, 0.40), (0.95, 0.20), (0.96, 0.30)]
+        assert frontier_at(pts, 0.955) == 0.30 and frontier_at(pts, 0.90) == 0.40 and frontier_at(pts, 0.97) is None
+        assert pareto_points(pts) == [(0.90, 0.40), (0.96, 0.30)]
+        with pytest.raises(ValueError, match="rule"):
+            frontier_at(pts, 0.9, "spline")
+
+
+class TestDominatedPoints:
+    def test_adding_a_dominated_point_changes_nothing(self) -> None:
+        rng = random.Random(3)
+        for _ in range(50):
+            a = _family(rng) + [(0.965, 0.3)]
+            b = _family(rng) + [(0.965, 0.3)]
+            base = frontier_gain(a, b)
+            x, y = rng.choice(a)  # a point below and to the left of one of a's points
+            worse = (x - rng.uniform(0.0, 0.05), y - rng.uniform(0.001, 0.1))
+            assert frontier_gain(a + [worse], b) == pytest.approx(base, abs=1e-12)
+            x, y = rng.choice(b)
+            worse_b = (x - rng.uniform(0.0, 0.05), y - rng.uniform(0.001, 0.1))
+            assert frontier_gain(a, b + [worse_b]) == pytest.approx(base, abs=1e-12)
+            assert frontier_gain(a + [worse], b, "pareto-linear") == pytest.approx(frontier_gain(a, b, "pareto-linear"))
+
+    def test_the_range_ignores_dominated_points(self) -> None:
+        hi = [(0.96, 0.1), (0.92, 0.4)]
+        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)]) == (0.92, 0.96)
+        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)], "all") == (0.85, 0.96)
+
+
+class TestSimulatedCalibration:
+    def test_null_intervals_cover_zero_at_about_the_nominal_rate(self) -> None:
+        """Two families from one distribution, 5 seeds: the 95% interval contains 0 in about 95% of draws."""
+        rng = random.Random(2026)
+        draws, covered, estimates = 200, 0, []
+        for _ in range(draws):
+            st = seed_stats([_simulated_seed(rng, 0.0) for _ in range(5)])
+            covered += st["ci95"][0] <= 0.0 <= st["ci95"][1]
+            estimates.append(st["mean"])
+        assert 0.90 <= covered / draws <= 0.99, covered / draws
+        assert abs(statistics.fmean(estimates)) < 0.2  # no bias toward either family
+
+    def test_a_three_point_shift_is_detected(self) -> None:
+        rng = random.Random(11)
+        detected = 0
+        for _ in range(40):
+            values = [_simulated_seed(rng, 0.03) for _ in range(5)]
+            st = seed_stats(values)
+            detected += verdict(st["ci95"], values) == "reproduced"
+        assert detected >= 38
+
+    def test_a_shift_of_the_other_sign_is_contradicted(self) -> None:
+        rng = random.Random(12)
+        values = [_simulated_seed(rng, -0.03) for _ in range(5)]
+        st = seed_stats(values)
+        assert verdict(st["ci95"], values) == "contradicted"
+
+
+def _run(models: list[tuple[str, str, float, float]]) -> dict[str, Any]:
+    """A harness results dict with one attack cell per model: (name, defense, clean, robust)."""
+    return {"config": {"attacks": [{"name": "A", "budgets": [0.5]}]},
+            "models": [{"name": n, "defense": d, "clean_acc": c} for n, d, c, _ in models],
+            "cells": [{"model": n, "attack": "A", "budget": 0.5, "robust_acc": r} for n, _, _, r in models],
+            "worst_case": [{"model": n, "budget": 0.5, "robust_acc": r} for n, _, _, r in models]}
+
+
+class TestAnalyze:
+    def test_summary_uses_the_registered_rule_with_standard_in_both_families(self) -> None:
+        runs = {}
+        rng = random.Random(5)
+        for seed in range(3):
+            ms = [("Standard", "Standard", 0.965, 0.30), ("AT", "AT-PGD", 0.95, 0.5)]
+            ms += [(f"F{k}", "FGR", c, r) for k, (c, r) in enumerate(_family(rng, 0.03))]
+            ms += [(f"I{k}", "IGR", c, r) for k, (c, r) in enumerate(_family(rng))]
+            runs[seed] = _run(ms)
+        a = analyze(runs, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD", zero_weight="Standard")
+        s = a["frontier"]["summary"][0]
+        for k, seed in enumerate(range(3)):
+            ms = runs[seed]["models"]
+            rob = {c["model"]: c["robust_acc"] for c in runs[seed]["cells"]}
+            fam = {f: [(m["clean_acc"], rob[m["name"]]) for m in ms if m["defense"] in (f, "Standard")]
+                   for f in ("FGR", "IGR")}
+            assert s["per_seed"][k] == pytest.approx(_reference_gain(fam["FGR"], fam["IGR"]))
+        assert s["verdict"] == verdict(s["ci95"], s["values"])
+        rules = {r["rule"] for r in a["secondary"]}
+        assert rules == {"pareto-linear", "step-all-range", "interpolate"}
+        assert a["rule"] == "step"
+
+    def test_coverage(self) -> None:
+        pool = [{"defense": "Standard", "clean_acc": 0.965}] + [{"defense": "FGR", "clean_acc": c}
+                                                               for c in (0.955, 0.94, 0.90)]
+        c = coverage(pool, "FGR", "Standard")
+        assert c["drop"] == pytest.approx(0.065) and c["max_gap"] == pytest.approx(0.04) and c["instances"] == 3
+        assert math.isclose(c["top"], 0.965)
