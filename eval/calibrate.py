@@ -21,6 +21,7 @@ A preset's ``calibration`` section::
       seed: 100                   # not one of training.seeds
       targets: [0.5, 1.25, 2, 3]  # drops below Standard, in points
       max_step: 1.5               # points: a wider expected step gets a weight in between
+      max_weights: 9              # optional: at most this many per family
       scan: {IGR: [0.5, 2, 8], FGR: [5, 15, 50]}
 
 Convention:
@@ -116,7 +117,7 @@ def _round(w: float) -> float:
 
 
 def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targets: Sequence[float],
-                   max_step: float | None = None) -> list[float]:
+                   max_step: float | None = None, max_weights: int | None = None) -> list[float]:
     """Weights expected at each target drop (points) below ``zero_clean``, plus fill-ins on steep steps.
 
     Args:
@@ -125,6 +126,8 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
         targets: drops below ``zero_clean`` in points, e.g. ``[0.5, 1.5, 3, 6]``.
         max_step: where the expected clean accuracies of two neighbouring chosen weights differ by
             more than this (points), add their geometric mean (once per pair); None: no fill-ins.
+        max_weights: keep at most this many: while there are more, drop the interior weight whose
+            two neighbours are closest in expected clean accuracy (the lightest and heaviest stay).
 
     Returns:
         Sorted distinct weights (two significant digits); targets the scan does not reach are
@@ -138,6 +141,8 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
         >>> # step from 4 to 8.8 gets sqrt(4 * 8.8) = 5.93
         >>> choose_weights(scan, 0.965, [2.5, 10.5], max_step=3)
         [4.0, 5.9, 8.8]
+        >>> choose_weights(scan, 0.965, [1.5, 2.5, 10.5], max_step=3, max_weights=3)
+        [2.0, 5.9, 8.8]
     """
     pts = _monotone(scan)
     chosen = []
@@ -150,6 +155,9 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
         extra = [_round(math.sqrt(a * b)) for a, b in zip(chosen, chosen[1:])
                  if 100.0 * (expected_clean(pts, a) - expected_clean(pts, b)) > max_step]
         chosen = sorted(set(chosen) | set(extra))
+    while max_weights is not None and len(chosen) > max(max_weights, 2):
+        span = [expected_clean(pts, chosen[i - 1]) - expected_clean(pts, chosen[i + 1]) for i in range(1, len(chosen) - 1)]
+        del chosen[1 + span.index(min(span))]
     return chosen
 
 
@@ -182,15 +190,17 @@ def run_calibration(p: Preset, out: str | Path, seed: int | None = None, device:
     zero = float(rows[0]["clean_acc"])
     targets = [float(t) for t in cal["targets"]]
     max_step = cal.get("max_step")
+    max_weights = cal.get("max_weights")
     grids: dict[str, list[float]] = {}
     reach: dict[str, float] = {}
     for family in cal["scan"]:
         scan = [(float(r["weight"]), float(r["clean_acc"])) for r in rows if r["defense"] == family]
-        grids[family] = choose_weights(scan, zero, targets, max_step)
+        grids[family] = choose_weights(scan, zero, targets, max_step, max_weights)
         reach[family] = 100.0 * (zero - min(c for _, c in scan))
     result = {"preset": p.name, "source": p.source, "seed": seed, "targets": targets, "max_step": max_step,
+              "max_weights": max_weights,
               "zero_clean": zero, "models": rows, "grids": grids, "reach": reach,
-              "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(),
+              "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(exclude=out),
                          **machine(dev)}}
     out.mkdir(parents=True, exist_ok=True)
     from fgr_defense.checkpoint import atomic_write_text
