@@ -27,8 +27,9 @@ A preset's ``calibration`` section::
 Convention:
     Weights are this package's per-example ``weight``; clean accuracies fractions; drops and
     steps percentage points. The expected clean accuracy between two scanned weights is
-    linear in ``log(weight)``, after the scan is made non-increasing in weight (a running
-    minimum), so a noisy scan never asks for a weight twice.
+    linear in ``log(weight)``, after the scan is made non-increasing in weight by isotonic
+    regression (adjacent violators pooled to their mean), so a noisy scan never asks for a
+    weight twice and one unlucky model does not pull its neighbours down.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
         >>> scan = [(1.0, 0.96), (4.0, 0.92), (16.0, 0.70)]
         >>> round(expected_clean(scan, 2.0), 6), expected_clean(scan, 0.5), expected_clean(scan, 32.0)
         (0.94, 0.96, 0.7)
+        >>> round(expected_clean([(1.0, 0.96), (2.0, 0.88), (4.0, 0.90), (8.0, 0.80)], 4.0), 6)  # 0.88, 0.90 pooled
+        0.89
     """
     pts = _monotone(scan)
     if weight <= pts[0][0]:
@@ -96,10 +99,19 @@ def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
 
 
 def _monotone(scan: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for w, c in sorted(scan):
-        out.append((float(w), min(float(c), out[-1][1]) if out else float(c)))
-    return out
+    """The non-increasing least-squares fit of clean accuracy on weight (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [sum, count, first index]
+    pts = sorted((float(w), float(c)) for w, c in scan)
+    for i, (_, c) in enumerate(pts):
+        blocks.append([c, 1.0, float(i)])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            s1, n1, i1 = blocks.pop()
+            blocks[-1][0] += s1
+            blocks[-1][1] += n1
+    fit: list[float] = []
+    for total, count, _ in blocks:
+        fit += [total / count] * int(count)
+    return [(w, f) for (w, _), f in zip(pts, fit)]
 
 
 def _weight_at(pts: Sequence[tuple[float, float]], clean: float) -> float | None:
