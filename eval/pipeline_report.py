@@ -44,7 +44,7 @@ def _seeds(values: Sequence[Optional[float]]) -> str:
 
 _RULE_TEXT = {"step": "frontier: best model at least as accurate (registered)",
               "pareto-linear": "frontier: non-dominated models joined by lines (second fair rule)",
-              "step-all-range": "registered frontier, shared range over every model (dominated ones too)",
+              "step-pareto-range": "registered frontier, shared range over non-dominated models only",
               "interpolate": "each instance vs the baseline's polyline (the withdrawn first rule)"}
 
 
@@ -81,7 +81,7 @@ def _verdict_section(res: dict[str, Any]) -> list[str]:
               + "; the family's frontier R(c) is the best robust accuracy among the points with clean accuracy at "
               "least c (dominated points never count). The gain of a cell is the mean of R_hi(c) - R_lo(c) over 201 "
               "evenly spaced c between the larger of the two families' lowest clean accuracies and the smaller of "
-              "their highest. A seed's gain is the mean over the attack × budget cells (row `attacks`) or the "
+              "their highest (over all their models). A seed's gain is the mean over the attack × budget cells (row `attacks`) or the "
               "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds. "
               "The column *under the second fair rule* recomputes the verdict with the non-dominated models joined "
               "by straight lines: where it differs, the data do not decide and there is no verdict.", ""]
@@ -136,7 +136,7 @@ def _secondary_section(res: dict[str, Any]) -> list[str]:
              s["verdict"]] for s in sec]
     return ["### Secondary views (not the endpoint)", "",
             "The same summaries under the second fair rule (the registered rule's frontiers joined by straight lines "
-            "between non-dominated models), with the shared range taken over every model (dominated ones included), "
+            "between non-dominated models), with the shared range taken over the non-dominated models only, "
             "and under the rule of the withdrawn first report (each instance against "
             "the baseline's polyline through every baseline model, Standard included; instances outside the "
             "baseline's range not counted; dominated models bend the line).", "",

@@ -2,8 +2,8 @@
 
 The references here are written from the rule's text, not from eval.stats: for a family, R(c) is the best robust
 accuracy among its points (Standard included) with clean accuracy at least c; the gain is the mean of
-R_hi(c) - R_lo(c) over 201 evenly spaced c in [L, U] (L the larger of the two lowest clean accuracies of the
-non-dominated points, U the smaller of the two highest).
+R_hi(c) - R_lo(c) over 201 evenly spaced c in [L, U] (L the larger of the two families' lowest clean accuracies,
+U the smaller of their highest).
 """
 
 from __future__ import annotations
@@ -23,15 +23,11 @@ Point = tuple[float, float]
 
 def _reference_gain(hi: list[Point], lo: list[Point]) -> float | None:
     """The rule written out with plain loops (no eval.stats helpers)."""
-    def undominated(pts: list[Point]) -> list[Point]:
-        return [p for p in pts if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts)]
-
     def front(pts: list[Point], c: float) -> float:
         return max(r for x, r in pts if x >= c)
 
-    uh, ul = undominated(hi), undominated(lo)
-    low = max(min(x for x, _ in uh), min(x for x, _ in ul))
-    up = min(max(x for x, _ in uh), max(x for x, _ in ul))
+    low = max(min(x for x, _ in hi), min(x for x, _ in lo))
+    up = min(max(x for x, _ in hi), max(x for x, _ in lo))
     if low > up:
         return None
     cs = [low + (up - low) * k / 200 for k in range(201)]
@@ -101,18 +97,19 @@ class TestDominatedPoints:
             a = _family(rng) + [(0.965, 0.3)]
             b = _family(rng) + [(0.965, 0.3)]
             base = frontier_gain(a, b)
-            x, y = rng.choice(a)  # a point below and to the left of one of a's points
-            worse = (x - rng.uniform(0.0, 0.05), y - rng.uniform(0.001, 0.1))
+            x, y = rng.choice(a)  # below and to the left of one of a's points, inside a's clean range
+            worse = (max(x - rng.uniform(0.0, 0.05), min(p[0] for p in a)), y - rng.uniform(0.001, 0.1))
             assert frontier_gain(a + [worse], b) == pytest.approx(base, abs=1e-12)
             x, y = rng.choice(b)
-            worse_b = (x - rng.uniform(0.0, 0.05), y - rng.uniform(0.001, 0.1))
+            worse_b = (max(x - rng.uniform(0.0, 0.05), min(p[0] for p in b)), y - rng.uniform(0.001, 0.1))
             assert frontier_gain(a, b + [worse_b]) == pytest.approx(base, abs=1e-12)
             assert frontier_gain(a + [worse], b, "pareto-linear") == pytest.approx(frontier_gain(a, b, "pareto-linear"))
 
-    def test_the_range_ignores_dominated_points(self) -> None:
+    def test_the_range_spans_every_model(self) -> None:
+        """A dominated model can only widen its family's clean range (the registered rule's L and U)."""
         hi = [(0.96, 0.1), (0.92, 0.4)]
-        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)]) == (0.92, 0.96)
-        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)], "all") == (0.85, 0.96)
+        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)]) == (0.85, 0.96)
+        assert shared_range(hi + [(0.80, 0.05)], [(0.85, 0.5), (0.97, 0.0)], "pareto") == (0.92, 0.96)
 
 
 class TestSimulatedCalibration:
@@ -170,7 +167,7 @@ class TestAnalyze:
             assert s["per_seed"][k] == pytest.approx(_reference_gain(fam["FGR"], fam["IGR"]))
         assert s["verdict"] == verdict(s["ci95"], s["values"])
         rules = {r["rule"] for r in a["secondary"]}
-        assert rules == {"pareto-linear", "step-all-range", "interpolate"}
+        assert rules == {"pareto-linear", "step-pareto-range", "interpolate"}
         assert a["rule"] == "step"
 
     def test_coverage(self) -> None:

@@ -44,11 +44,7 @@ def _interp(points: list[tuple[float, float]], at: float) -> float | None:
 
 def _step_gain(hi: list[tuple[float, float]], lo: list[tuple[float, float]]) -> float | None:
     """The registered rule written out: best robust among points at least c accurate, over 201 c in [L, U]."""
-    def undominated(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        return [p for p in pts if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts)]
-
-    uh, ul = undominated(hi), undominated(lo)
-    low, up = max(min(x for x, _ in uh), min(x for x, _ in ul)), min(max(x for x, _ in uh), max(x for x, _ in ul))
+    low, up = max(min(x for x, _ in hi), min(x for x, _ in lo)), min(max(x for x, _ in hi), max(x for x, _ in lo))
     if low > up:
         return None
     cs = [low + (up - low) * k / 200 for k in range(201)]

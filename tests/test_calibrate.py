@@ -1,0 +1,50 @@
+"""`python -m eval calibrate`: grids chosen on a seed the main run does not use (issue 15)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.calibrate import calibration_plan, choose_weights, expected_clean
+from eval.cli import main
+from eval.presets import PresetError, load_preset
+
+
+def test_calibrate_command_on_the_tiny_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "calibration.json").read_text())
+    assert res["seed"] == 100 and res["seed"] not in load_preset("tiny").seeds
+    assert [m["model"] for m in res["models"]] == ["Standard", "IGR(w=0.5)", "IGR(w=4)", "FGR(w=5)", "FGR(w=40)",
+                                                  "FGR+RS(w=5)"]
+    for family, weights in res["grids"].items():
+        scan = [(m["weight"], m["clean_acc"]) for m in res["models"] if m["defense"] == family]
+        assert weights == sorted(set(weights))
+        assert weights == choose_weights(scan, res["zero_clean"], res["targets"], res["max_step"])
+        assert f"{{defense: {family}, weight: [" in out
+    md = (tmp_path / "calibration.md").read_text()
+    assert "![calibration](calibration.png)" in md and (tmp_path / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_refuses_a_main_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--preset", "tiny", "--seed", "0"]) == 2
+    assert "--seed: expected a calibration seed that the main run does not use" in capsys.readouterr().err
+    p = load_preset("tiny")
+    bare = dataclasses.replace(p, raw={k: v for k, v in p.raw.items() if k != "calibration"})
+    with pytest.raises(PresetError, match="calibration: expected a mapping with a non-empty 'scan'"):
+        calibration_plan(bare)
+
+
+def test_weights_land_where_the_scan_predicts() -> None:
+    scan = [(1.0, 0.96), (2.0, 0.95), (4.0, 0.93), (8.0, 0.89), (16.0, 0.80)]
+    weights = choose_weights(scan, 0.965, [1.5, 3.5, 7.5])
+    assert [round(100 * (0.965 - expected_clean(scan, w)), 1) for w in weights] == pytest.approx([1.5, 3.5, 7.5],
+                                                                                                  abs=0.15)
+    # a steep step gets a weight in between; at most max_weights survive, the ends kept
+    dense = choose_weights(scan, 0.965, [1.5, 7.5], max_step=2)
+    assert len(dense) == 3 and dense[0] < dense[1] < dense[2]
+    assert choose_weights(scan, 0.965, [0.5, 1.5, 2.5, 3.5, 7.5], max_weights=3)[::2] == \
+        [choose_weights(scan, 0.965, [0.5])[0], choose_weights(scan, 0.965, [7.5])[0]]
