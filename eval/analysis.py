@@ -96,6 +96,8 @@ def _gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float]
           metric: tuple[str, float], zero: Optional[str], rule: str) -> Optional[float]:
     if rule == "interpolate":
         return _interpolated_gain(pool, robust, hi, lo, metric, zero)
+    if not all(any(m["defense"] == f for m in pool) for f in (hi, lo)):
+        return None  # a family not trained on this seed (the zero-weight model alone is no family)
     hi_pts, lo_pts = _points(pool, robust, hi, zero, metric), _points(pool, robust, lo, zero, metric)
     if rule == "step-pareto-range":
         return frontier_gain(hi_pts, lo_pts, "step", range_over="pareto")
@@ -182,7 +184,8 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
                 target.append({**row, "metrics": len(chosen), "cells_defined": len(cells),
                                "cells_positive": sum(c > 0 for c in cells),
                                "paper": list(paper[pair]) if paper and pair in paper else None})
-    cover = [{"seed": s, "family": f, **coverage(pools[s], f, zero_weight)} for f in families for s in seeds]
+    cover = [{"seed": s, "family": f, **coverage(pools[s], f, zero_weight)} for f in families for s in seeds
+             if any(m["defense"] == f for m in pools[s])]
     return {"seeds": seeds, "families": list(families), "pairs": [list(p) for p in pairs], "zero_weight": zero_weight,
             "rule": RULES[0], "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},

@@ -176,3 +176,20 @@ class TestAnalyze:
         c = coverage(pool, "FGR", "Standard")
         assert c["drop"] == pytest.approx(0.065) and c["max_gap"] == pytest.approx(0.04) and c["instances"] == 3
         assert math.isclose(c["top"], 0.965)
+
+
+def test_a_family_missing_from_a_seed_is_undefined_there() -> None:
+    """Standard alone is not a family: a seed without FGR+RS gives no FGR+RS gain (not a zero)."""
+    rng = random.Random(9)
+    runs = {}
+    for seed in range(3):
+        ms = [("Standard", "Standard", 0.965, 0.30)]
+        ms += [(f"I{k}", "IGR", c, r) for k, (c, r) in enumerate(_family(rng))]
+        if seed < 2:
+            ms += [(f"R{k}", "FGR+RS", c, r) for k, (c, r) in enumerate(_family(rng))]
+        runs[seed] = _run(ms)
+    a = analyze(runs, ["IGR", "FGR+RS"], [["FGR+RS", "IGR"]], "AT-PGD", zero_weight="Standard")
+    s = a["frontier"]["summary"][0]
+    assert s["per_seed"][2] is None and s["n"] == 2
+    assert {(c["family"], c["seed"]) for c in a["coverage"]} == {("IGR", 0), ("IGR", 1), ("IGR", 2),
+                                                                 ("FGR+RS", 0), ("FGR+RS", 1)}
