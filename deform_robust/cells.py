@@ -20,24 +20,23 @@ Seeds:
     depend on which rank runs a cell.
 
 Lock:
-    :class:`OutputLock` holds an exclusive ``fcntl`` lock on ``<out>/.lock`` for the whole run;
-    a second process on the same folder stops at once with a message naming the holder.
+    :class:`OutputLock` (:mod:`fgr_defense.checkpoint`, re-exported here) holds an exclusive
+    ``fcntl`` lock on ``<out>/.lock`` for the whole run; a second process on the same folder
+    stops at once with a message naming the holder.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from fgr_defense.checkpoint import atomic_write_text
-from fgr_defense.naming import derive_seed, slugify
+from fgr_defense.checkpoint import OutputLock, OutputLockedError, atomic_write_text
+from fgr_defense.naming import derive_seed, file_slug, slugify
 
 __all__ = [
     "SUITE_VERSION",
@@ -57,6 +56,9 @@ logger = logging.getLogger(__name__)
 #: Bump when a change to the harness changes the numbers of a cell (makes old cells stale).
 SUITE_VERSION = "deform-robust-eval/2"
 
+#: Longest slug of a model or attack name in a cell's file name (then a hash of the name).
+_NAME_PART = 60
+
 _REQUIRED = {"clean": ("kind", "key", "fingerprint", "model", "n", "clean_acc", "correct"),
              "attack": ("kind", "key", "fingerprint", "model", "attack", "budget", "budget_index", "robust_acc",
                         "robust")}
@@ -73,32 +75,65 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Stable identity of the cell (not its settings)."""
+        """Stable identity of the cell (not its settings): the JSON list of its parts.
+
+        Names may hold any character (``|`` too), so the parts are never joined with a
+        separator: ``Cell("m|A", "B")`` and ``Cell("m", "A|B")`` have different keys.
+
+        Example:
+            >>> Cell("m").key, Cell("m|A", "B", 0, 1.0).key, Cell("m", "A|B", 0, 1.0).key
+            ('["m"]', '["m|A", "B", 1.0]', '["m", "A|B", 1.0]')
+        """
+        parts: list[Any] = [self.model] if self.attack is None else [self.model, self.attack, float(self.budget)]
+        return json.dumps(parts, ensure_ascii=False)
+
+    @property
+    def label(self) -> str:
+        """Readable name of the cell for messages and logs, ``model|attack|budget`` (not unique)."""
         if self.attack is None:
             return f"{self.model}|clean"
         return f"{self.model}|{self.attack}|{self.budget!r}"
 
     @property
     def filename(self) -> str:
-        """Readable, collision-free file name of the cell (:func:`fgr_defense.naming.slugify`).
+        """Readable, collision-free, bounded file name of the cell (:func:`fgr_defense.naming.file_slug`).
+
+        The digest is of :attr:`key`; each name part is at most 60 characters (longer names
+        are cut and get a hash of the whole name), so the file name stays far below the
+        255-byte limit of file systems, and names without any ASCII letter or digit work.
 
         Example:
             >>> Cell("IGR(lam=1000)", "FlowPGD", 1, 0.5).filename
             'igr-lam-1000__flowpgd__0.5__...json'
         """
-        digest_ = hashlib.sha256(self.key.encode()).hexdigest()[:10]
-        attack = "clean" if self.attack is None else f"{slugify(self.attack)}__{self.budget:g}"
-        return f"{slugify(self.model)}__{attack}__{digest_}.json"
+        return self._filename(self.key, _NAME_PART)
+
+    @property
+    def legacy_filename(self) -> str:
+        """The file name format 2 of the harness gave the cell (read to keep finished cells)."""
+        return self._filename(self.label, None)
+
+    def _filename(self, ident: str, limit: int | None) -> str:
+        def part(name: str) -> str:
+            return slugify(name) if limit is None else file_slug(name, limit)
+
+        digest_ = hashlib.sha256(ident.encode()).hexdigest()[:10]
+        attack = "clean" if self.attack is None else f"{part(self.attack)}__{self.budget:g}"
+        return f"{part(self.model)}__{attack}__{digest_}.json"
 
 
 def cell_seed(base: int, cell: Cell) -> int:
-    """The seed of a cell (31 bits), from the base seed and the cell key.
+    """The seed of a cell (31 bits), from the base seed and the cell's :attr:`~Cell.label`.
+
+    The label (not the structured key) keeps the seeds, and so the numbers of finished
+    cells, of earlier versions; two cells that share a label share a seed, which is
+    harmless (their identity, files and records stay apart).
 
     Example:
         >>> cell_seed(0, Cell("m", "FlowPGD", 0, 1.0)) == cell_seed(0, Cell("m", "FlowPGD", 0, 1.0))
         True
     """
-    return derive_seed(base, cell.key)
+    return derive_seed(base, cell.label)
 
 
 def assign_cells(costs: Sequence[float], world_size: int) -> list[list[int]]:
@@ -183,10 +218,21 @@ class CellStore:
         return self.dir / cell.filename
 
     def read(self, cell: Cell) -> dict[str, Any] | None:
-        """The finished record of ``cell``, or None (absent, or unreadable: warned, recomputed)."""
+        """The finished record of ``cell``, or None (absent, or unreadable: warned, recomputed).
+
+        A cell finished by format 2 of the harness (file named after the ``|``-joined label)
+        is read too when its record's model, attack and budget are this cell's; it is
+        returned with the structured key.
+        """
         p = self.path(cell)
         if not p.is_file():
-            return None
+            return self._read_legacy(cell)
+        rec = self._load(p)
+        if rec is not None and rec.get("key") != cell.key:
+            return self._bad(p, f"belongs to cell {rec.get('key')!r}, not {cell.key!r}")
+        return rec
+
+    def _load(self, p: Path) -> dict[str, Any] | None:
         try:
             rec = json.loads(p.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, OSError) as err:
@@ -196,9 +242,23 @@ class CellStore:
         missing = [k for k in _REQUIRED.get(str(rec.get("kind")), ("kind",)) if k not in rec]
         if missing or rec.get("kind") not in _REQUIRED:
             return self._bad(p, f"lacks the field(s) {missing or ['kind']}")
-        if rec.get("key") != cell.key:
-            return self._bad(p, f"belongs to cell {rec.get('key')!r}, not {cell.key!r}")
         return rec
+
+    def _read_legacy(self, cell: Cell) -> dict[str, Any] | None:
+        try:
+            p = self.dir / cell.legacy_filename
+        except ValueError:  # a name format 2 could not write a file for
+            return None
+        if not p.is_file():
+            return None
+        rec = self._load(p)
+        if rec is None or rec.get("key") != cell.label or rec.get("model") != cell.model:
+            return None  # another cell's file (format 2 joined names with "|")
+        if cell.attack is None:
+            ok = rec["kind"] == "clean"
+        else:
+            ok = rec["kind"] == "attack" and rec.get("attack") == cell.attack and rec.get("budget") == cell.budget
+        return {**rec, "key": cell.key} if ok else None
 
     @staticmethod
     def _bad(path: Path, why: str) -> None:
@@ -208,59 +268,3 @@ class CellStore:
 
     def write(self, rec: dict[str, Any], cell: Cell) -> None:
         atomic_write_text(self.path(cell), json.dumps(rec, sort_keys=True) + "\n")
-
-
-class OutputLockedError(RuntimeError):
-    """Another process holds the output folder."""
-
-
-class OutputLock:
-    """An exclusive lock on ``<out>/.lock`` (context manager; a no-op where fcntl is missing).
-
-    Example:
-        >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
-        >>> with OutputLock(d):
-        ...     try:
-        ...         OutputLock(d).acquire()
-        ...     except OutputLockedError as err:
-        ...         print(str(err).split(":")[0])
-        output folder ...
-    """
-
-    def __init__(self, out: str | Path) -> None:
-        self.path = Path(out) / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> OutputLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise OutputLockedError(
-                    f"output folder {str(self.path.parent)!r}: another run (pid {holder}) is writing to it; "
-                    "wait for it to finish or choose another --out") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-    def __enter__(self) -> OutputLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()

@@ -47,7 +47,8 @@ def _add_evaluate(sub: Any) -> None:
                "  deform-robust evaluate --model model.ts --data images/ --eps 0.5 --out out/\n")
     e.add_argument("--model", required=True,
                    help="a checkpoint of ours (.pt), a TorchScript file, 'package.module:callable' (with "
-                        "--weights), or 'robustbench:<name>' (with --model-dir)")
+                        "--weights), 'robustbench:<name>' with cifar10/cifar100 --data, or "
+                        "'robustbench:cifar10/<name>' on your own data of that shape (with --model-dir)")
     e.add_argument("--weights", default=None, help="state dict for a 'module:callable' model")
     e.add_argument("--kwargs", default="{}", help="JSON keyword arguments for a 'module:callable' model")
     e.add_argument("--model-dir", default="models", help="RobustBench model_dir holding the weights")
@@ -56,7 +57,7 @@ def _add_evaluate(sub: Any) -> None:
                    help="a dataset name (mnist5k, mnist, cifar10, cifar100), a .pt/.npz file with images "
                         "and labels, or an ImageFolder")
     e.add_argument("--data-root", default=None, help="torchvision root for mnist/cifar10/cifar100")
-    e.add_argument("--n", type=int, default=None, help="evaluate the first N images only")
+    e.add_argument("--n", type=int, default=None, help="evaluate N images only (a user's data: drawn evenly over the classes, seeded)")
     e.add_argument("--eps", default="0.5", help="comma-separated flow budgets in pixels (Linf)")
     e.add_argument("--attacks", default="standard",
                    help="'standard' or 'fast' (FlowAutoAttack's members), or comma-separated flow attacks "
@@ -145,7 +146,7 @@ def _positive(value: int | None, name: str) -> None:
 
 
 def _budgets(text: str) -> list[float]:
-    from torchattacks_deform.validation import check_number
+    from torchattacks_deform.validation import check_budget
 
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
@@ -153,7 +154,7 @@ def _budgets(text: str) -> list[float]:
         raise ValueError(f"--eps: expected comma-separated numbers of pixels, got {text!r}") from None
     if not values:
         raise ValueError("--eps: expected at least one budget")
-    return [check_number(v, "--eps", minimum=0, exclusive_minimum=True) for v in values]
+    return [check_budget(v, "--eps", exclusive_minimum=True) for v in values]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ Sources (``data`` in a config, ``--data`` of ``deform-robust evaluate``):
 - a ``.pt`` file: ``{"images": (N, C, H, W), "labels": (N,)}`` (``"x"``/``"y"`` also accepted)
   or a tuple ``(images, labels)``, read with ``torch.load(weights_only=True)``;
 - a ``.npz`` file with arrays ``images`` and ``labels`` (or ``x`` and ``y``);
-- a folder in torchvision's ``ImageFolder`` layout (one sub-folder per class).
+- a folder in torchvision's ``ImageFolder`` layout (one sub-folder per class; 1 channel when
+  every image is grayscale, else RGB).
 
 Convention:
     Images come back as float32 ``(N, C, H, W)`` in ``[0, 1]`` (uint8 arrays are divided by
@@ -31,7 +32,7 @@ from fgr_defense.constants import DATASETS
 from fgr_defense.data import get_dataset
 from torchattacks_deform.validation import check_images, check_labels
 
-__all__ = ["TestData", "images_from_array", "load_test_data"]
+__all__ = ["TestData", "images_from_array", "load_test_data", "stratified_subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,25 +134,71 @@ def _from_file(path: Path) -> tuple[Tensor, Tensor, int | None]:
     return x, _labels(labels, x.shape[0]), None
 
 
+#: PIL modes of single-channel images: an ImageFolder of only these stays 1-channel.
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 def _from_folder(path: Path) -> tuple[Tensor, Tensor, int]:
+    """An ImageFolder as tensors: 1 channel when every image is grayscale, else 3 (RGB)."""
+    from PIL import Image
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 
     try:
-        ds = datasets.ImageFolder(str(path), transform=ToTensor())
+        ds = datasets.ImageFolder(str(path), loader=Image.open)
     except (FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"data: {str(path)!r} is not an ImageFolder (one sub-folder of images per class): {err}") from None
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    modes = set()
+    for file, _ in ds.samples:
+        with Image.open(file) as im:
+            modes.add(im.mode)
+    mode = "L" if modes <= set(_GRAY_MODES) else "RGB"
+    to_tensor = ToTensor()
+    xs, ys = [], []
+    for file, label in ds.samples:
+        with Image.open(file) as im:
+            xs.append(to_tensor(im.convert(mode)))
+        ys.append(label)
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) > 1:
         raise ValueError(f"data: the images in {str(path)!r} have different sizes {sorted(shapes)[:3]}; "
                          "resize them to one size first")
-    return torch.stack(list(xs)), torch.tensor(ys, dtype=torch.long), len(ds.classes)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), len(ds.classes)
+
+
+def stratified_subset(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Indices of ``n`` examples drawn evenly over the classes (seeded), so that sorted data are not cut by class.
+
+    Each class is shuffled with ``seed``; the classes then give one example each in turn
+    (a class that runs out drops out) until ``n`` are taken. The indices come back sorted.
+
+    Example:
+        >>> labels = torch.tensor([0] * 6 + [1] * 6 + [2] * 6)   # sorted by class, as many files are
+        >>> sub = stratified_subset(labels, 6)
+        >>> labels[sub].tolist()
+        [0, 0, 1, 1, 2, 2]
+        >>> torch.equal(sub, stratified_subset(labels, 6)), len(stratified_subset(labels, 18))
+        (True, 18)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    per_class = [idx[torch.randperm(len(idx), generator=gen)].tolist()
+                 for idx in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))]
+    taken: list[int] = []
+    k = 0
+    while len(taken) < n and any(k < len(c) for c in per_class):
+        taken += [c[k] for c in per_class if k < len(c)][: n - len(taken)]
+        k += 1
+    return torch.tensor(sorted(taken), dtype=torch.long)
 
 
 def load_test_data(source: str, root: str | None = None, n: int | None = None,
                    pipeline: str = "paper") -> TestData:
-    """Load test data by dataset name or path (module docstring); keep the first ``n``.
+    """Load test data by dataset name or path (module docstring); keep ``n`` examples.
+
+    A named dataset keeps its first ``n`` test images (MNIST-5k's are shuffled once, with a fixed
+    seed, by :func:`fgr_defense.data.get_dataset`); a user's file or ImageFolder keeps ``n``
+    drawn evenly over the classes with a fixed seed (:func:`stratified_subset`). An ImageFolder
+    of grayscale images stays 1-channel.
 
     Raises:
         FileNotFoundError: a path or dataset folder that does not exist.
@@ -189,8 +236,9 @@ def load_test_data(source: str, root: str | None = None, n: int | None = None,
             raise FileNotFoundError(f"data: no dataset named {source!r} and no file or folder at that path; "
                                     f"expected one of {sorted(DATASETS)}, a .pt/.npz file or an ImageFolder")
         images, labels, num_classes = _from_folder(path) if path.is_dir() else _from_file(path)
-        if n is not None:
-            images, labels = images[:n], labels[:n]
+        if n is not None and n < len(labels):  # the user's files are often sorted by class
+            keep = stratified_subset(labels, n)
+            images, labels = images[keep], labels[keep]
     if n is not None and len(labels) < n:
         raise ValueError(f"data.n: {source!r} has only {len(labels)} examples, asked for {n}")
     images, labels = images.float().contiguous(), labels.long().contiguous()

@@ -43,7 +43,9 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
                     model_dir: str = "models", threat_model: str = "Linf", dataset: str | None = None) -> nn.Module:
     """The model of a command-line spec, in eval mode on the CPU.
 
-    Specs: ``robustbench:<name>`` (weights under ``model_dir``, never downloaded), a file (a
+    Specs: ``robustbench:<name>`` or ``robustbench:<zoo>/<name>`` (``zoo`` ``cifar10`` or
+    ``cifar100``; needed when ``dataset`` is the user's own data of the zoo's image shape;
+    weights under ``model_dir``, never downloaded), a file (a
     checkpoint of ours, else a TorchScript file), or ``package.module:callable`` called with
     ``kwargs`` and loaded with the state dict in ``weights``.
 
@@ -51,9 +53,13 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
         FileNotFoundError: a missing file. ValueError: an unusable spec or file.
     """
     if spec.startswith("robustbench:"):
-        if dataset not in ROBUSTBENCH_DATASETS:
-            raise ValueError(f"--data: RobustBench models need cifar10 or cifar100 test data, got {dataset!r}")
-        return load_robustbench_model(spec.split(":", 1)[1], dataset, threat_model, model_dir)
+        zoo, _, name = spec.split(":", 1)[1].rpartition("/")
+        zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
+        if zoo not in ROBUSTBENCH_DATASETS:
+            raise ValueError(f"--model: expected robustbench:<zoo>/<name> with zoo one of {ROBUSTBENCH_DATASETS} "
+                             f"(e.g. robustbench:cifar10/{name or 'Standard'}) when --data is your own data, got "
+                             f"{spec!r} with --data {dataset!r}")
+        return load_robustbench_model(name, zoo, threat_model, model_dir)
     path = Path(spec)
     if path.is_file():
         if weights is not None:

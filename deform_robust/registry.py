@@ -34,6 +34,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -141,8 +143,14 @@ def _pixel_info(name: str, defaults: Mapping[str, Any]) -> AttackInfo:
 
 
 def import_object(spec: str) -> Any:
-    """Import ``package.module:attribute`` (dots allowed in the attribute); ValueError if impossible."""
+    """Import ``package.module:attribute`` (dots allowed in the attribute); ValueError if impossible.
+
+    Modules resolve as under ``python -m``: the current working directory comes first on
+    ``sys.path`` (it is put there when missing), so ``mypkg.nets:Net`` works from the folder
+    that holds ``mypkg/`` without ``PYTHONPATH=.``, from the ``deform-robust`` console script too.
+    """
     module_name, _, attr = spec.partition(":")
+    _cwd_on_path()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
@@ -154,6 +162,14 @@ def import_object(spec: str) -> Any:
     if not callable(obj):
         raise ValueError(f"{spec!r} is not callable")
     return obj
+
+
+def _cwd_on_path() -> None:
+    """Put the working directory first on ``sys.path`` unless it is there (as ``""`` or itself)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path and os.path.realpath(cwd) not in sys.path:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
 
 
 def resolve_attack(family: Any) -> AttackEntry:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fgr_defense.checkpoint import atomic_write_text
+from fgr_defense.checkpoint import atomic_write_text, remove_stale_temporaries
 from fgr_defense.device import resolve_device
 from fgr_defense.distributed import init_distributed
 from torchattacks_deform import flow_norm
@@ -296,6 +296,9 @@ def run_config(
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     lock = OutputLock(out).acquire() if rank == 0 else None
     try:
+        if lock is not None:  # nobody else writes here now: leftovers of a killed run go
+            for folder in (out, out / "cells"):
+                remove_stale_temporaries(folder)
         return _run(cfg, out, overwrite_stale, on_cell_done, data, progress, rank, world)
     finally:
         if lock is not None:
@@ -324,7 +327,7 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
             done[cell.key] = rec
             continue
         if rec is not None:
-            stale.append(f"{cell.key} ({describe_change(rec.get('components') or {}, comp)})")
+            stale.append(f"{cell.label} ({describe_change(rec.get('components') or {}, comp)})")
         todo.append((cell, idents[cell.key]))
     if stale and not overwrite_stale:
         shown = "\n  ".join(stale[:10]) + (f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else "")

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m eval zoo --dataset cifar10 --models Standard --model-dir models --data-root data",
                plots=True)
     add_zoo_arguments(zoo)
-    demo = _sub(sub, "demo", "a newcomer's first run: FGR vs IGR at equal clean accuracy on MNIST-5k (CPU, <15 min)",
+    demo = _sub(sub, "demo", "a newcomer's first run: FGR vs IGR at equal clean accuracy on MNIST-5k (CPU, about 8 min)",
                 "Train, attack and compare on MNIST-5k with the demo preset (eval/presets/demo.yaml); cached and "
                 "resumable.", "python -m eval demo --out results/demo")
     demo.add_argument("--out", default="results/demo", help="output folder (checkpoints cached in OUT/cache)")

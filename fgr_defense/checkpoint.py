@@ -10,13 +10,24 @@ Format (a plain ``dict`` loadable with ``torch.load(path, weights_only=True)``):
         # the Trainer adds optimizer/scheduler/RNG state under "trainer" for resuming
     }
 
+Output folders:
+    :func:`atomic_write` is the one atomic writer (a temporary ``.<name>.<random>.tmp`` in the
+    same folder, renamed over the target; files get ``0o666`` less the process umask, as
+    ``open`` would give them). :class:`OutputLock` is the one lock on an output folder
+    (``<out>/.lock``, held by ``deform-robust run`` and by training), and
+    :func:`remove_stale_temporaries` removes the temporaries that a killed writer left
+    behind (only names of :func:`atomic_write`'s pattern), once the lock is held.
+
 Importing this module does not import ``torch`` (the harness's reports use the atomic writers).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,12 +37,34 @@ if TYPE_CHECKING:  # torch is imported where it is used: the atomic writers stay
     import torch
     from torch import nn
 
-__all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "atomic_save", "atomic_write", "atomic_write_text", "load_checkpoint",
-           "load_model", "model_from_checkpoint", "save_model"]
+__all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "OutputLock", "OutputLockedError", "atomic_save", "atomic_write",
+           "atomic_write_text", "load_checkpoint", "load_model", "model_from_checkpoint", "remove_stale_temporaries",
+           "save_model"]
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "deform-robust/1"
 #: The keys of ``arch`` (the arguments of :func:`~fgr_defense.models.build_model`).
 ARCH_KEYS = ("name", "in_channels", "num_classes", "size")
+
+#: The names of :func:`atomic_write`'s temporaries: ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")``
+#: (mkstemp's 8 random characters are lowercase letters, digits and ``_``).
+_TMP_PREFIX, _TMP_SUFFIX = ".", ".tmp"
+_TMP_PATTERN = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (else by setting it back at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
@@ -44,23 +77,112 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         >>> import tempfile
         >>> p = Path(tempfile.mkdtemp()) / "a.txt"
         >>> atomic_write(p, lambda fh: fh.write(b"hi"))
-        >>> p.read_bytes(), oct(p.stat().st_mode & 0o777)
-        (b'hi', '0o644')
+        >>> p.read_bytes(), p.stat().st_mode & 0o777 == 0o666 & ~_umask()
+        (b'hi', True)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs are ordinary files, as open() makes them
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries a killed :func:`atomic_write` left in ``folder`` (not recursive).
+
+    Only files named as :func:`atomic_write` names them (``.<name>.<8 random>.tmp``) are
+    removed; call it while holding the folder's :class:`OutputLock`, so that no live writer
+    owns them. Returns the removed paths (each is logged).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / ".model.pt.k3j_x9a2.tmp").write_bytes(b"half"), (d / "keep.tmp").write_bytes(b"")
+        >>> [p.name for p in remove_stale_temporaries(d)], sorted(p.name for p in d.iterdir())
+        (['.model.pt.k3j_x9a2.tmp'], ['keep.tmp'])
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if _TMP_PATTERN.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+            except FileNotFoundError:  # pragma: no cover - gone meanwhile
+                continue
+            removed.append(p)
+            logger.warning("removed %s, a temporary file left by an interrupted write", p)
+    return removed
+
+
+class OutputLockedError(RuntimeError):
+    """Another process holds the output folder."""
+
+
+class OutputLock:
+    """An exclusive ``fcntl`` lock on ``<out>/.lock`` (context manager; a no-op where fcntl is missing).
+
+    The one lock of an output folder: ``deform-robust run`` and training hold it for the whole
+    run, so a second process on the same folder stops at once with a message naming the
+    folder and the holder's pid.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> with OutputLock(d):
+        ...     try:
+        ...         OutputLock(d).acquire()
+        ...     except OutputLockedError as err:
+        ...         print(str(err).split(":")[0])
+        output folder ...
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OutputLockedError(
+                    f"output folder {str(self.path.parent)!r}: another run (pid {holder}) is writing to it; "
+                    "wait for it to finish or choose another --out") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

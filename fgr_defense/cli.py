@@ -229,6 +229,7 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train") -> int:
 
     import torch.distributed as dist
 
+    from .checkpoint import OutputLockedError
     from .spec import train_from_spec
     from .trainer import NonFiniteLossError
 
@@ -238,7 +239,7 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train") -> int:
         if not dist.is_initialized() or dist.get_rank() == 0:
             logger.info("done: %s (%s)", result.checkpoint, "nothing to do" if result.cached else
                         f"{result.wall_s:.1f} s")
-    except (NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+    except (NonFiniteLossError, OutputLockedError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     finally:

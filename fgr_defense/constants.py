@@ -17,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "DATASETS",
     "DEFENSES",
+    "MAX_LR",
     "MODEL_NAMES",
     "PIPELINES",
     "SCHEDULES",
@@ -50,3 +51,7 @@ PIPELINES: tuple[str, ...] = ("paper", "authors")
 
 #: Modes of :func:`fgr_defense.spec.train_from_spec`.
 TRAIN_MODES: tuple[str, ...] = ("new", "resume", "auto")
+
+#: Largest learning rate a schedule accepts: above it no optimizer here converges, and values
+#: such as 1e300 only overflow to NaN in the first step.
+MAX_LR: float = 10.0

@@ -2,7 +2,8 @@
 
 - :func:`derive_seed`: a deterministic 31-bit seed from any parts (the trainer's per-step
   seeds, the harness's per-cell seeds).
-- :func:`slugify`: the one rule that turns a name into a folder or file name.
+- :func:`slugify`: the one rule that turns a name into a folder or file name
+  (:func:`file_slug`: the same, bounded in length, for any name).
 
 Example:
     >>> derive_seed(0, "FlowPGD") == derive_seed(0, "FlowPGD")
@@ -17,7 +18,7 @@ import hashlib
 import re
 from typing import Union
 
-__all__ = ["SEED_BITS", "derive_seed", "slugify"]
+__all__ = ["SEED_BITS", "derive_seed", "file_slug", "slugify"]
 
 #: Seeds are ``0 <= seed < 2**SEED_BITS``: valid for ``torch``, ``numpy`` and ``random`` alike.
 SEED_BITS = 31
@@ -99,3 +100,39 @@ def slugify(text: str) -> str:
     if not re.search(r"[a-z0-9]", slug):
         raise ValueError(f"text: expected a name with at least one letter or digit, got {text!r}")
     return slug
+
+
+def file_slug(text: str, max_len: int = 60) -> str:
+    """:func:`slugify` bounded to ``max_len`` characters, for names that become parts of file names.
+
+    Convention:
+        The slug of ``text`` when it fits; otherwise its first characters, ``-`` and the
+        first 8 hex digits of the SHA-256 of ``text`` (so two long names that share a prefix
+        keep different slugs). A name without any ASCII letter or digit (all Cyrillic, all
+        CJK) becomes ``"x-"`` and that hash: every name yields a file name.
+
+    Raises:
+        TypeError: ``text`` is not a str.
+        ValueError: ``max_len`` is below 12 (no room for the hash).
+
+    Example:
+        >>> file_slug("FGR+RS")
+        'fgr-rs'
+        >>> len(file_slug("a" * 200)), file_slug("a" * 200)[:5]
+        (60, 'aaaaa')
+        >>> file_slug("Модель")
+        'x-...'
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__} {text!r}")
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 12:
+        raise ValueError(f"max_len: expected an int >= 12, got {max_len!r}")
+    tag = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    try:
+        slug = slugify(text)
+    except ValueError:
+        return f"x-{tag}"
+    if len(slug) <= max_len:
+        return slug
+    head = slug[: max_len - len(tag) - 1].rstrip("-.")
+    return f"{head}-{tag}"

@@ -41,7 +41,7 @@ from typing import Any
 
 from torch import nn
 
-from torchattacks_deform.validation import check_choice, check_number
+from torchattacks_deform.validation import check_budget, check_choice, check_number
 
 from .constants import DATASETS, DEFENSES, SCHEDULES, VARIANTS
 from .data import dataset_info
@@ -193,8 +193,8 @@ def check_defense_args(
     check_number(lam, "lam", minimum=0, allow_none=True)
     check_number(weight, "weight", minimum=0, allow_none=True)
     check_number(lam_batch_size, "lam_batch_size", integer=True, minimum=1)
-    check_number(sigma, "sigma", minimum=0, allow_none=True)
-    check_number(eps, "eps", minimum=0, allow_none=True)
+    check_budget(sigma, "sigma", allow_none=True)
+    check_budget(eps, "eps", allow_none=True)
     check_choice(variant, "variant", VARIANTS)
     if not uses_reg and (lam is not None or weight is not None):
         raise ValueError(f"lam/weight: defense {canonical!r} has no regularizer; got lam={lam!r}, weight={weight!r}")

@@ -18,7 +18,7 @@ from torch import nn
 
 from torchattacks_deform.validation import check_choice, check_number
 
-from .constants import DATASETS, SCHEDULES
+from .constants import DATASETS, MAX_LR, SCHEDULES
 
 __all__ = ["OPTIMIZERS", "Schedule", "get_schedule"]
 
@@ -34,7 +34,7 @@ class Schedule:
     Attributes:
         name: a label (``"paper"``, ``"fast"``, ``"authors"``, ``"custom"``, ...).
         optimizer: ``"sgd"`` or ``"adam"``.
-        lr: initial learning rate (finite, > 0).
+        lr: initial learning rate (finite, > 0 and <= :data:`~fgr_defense.constants.MAX_LR`).
         batch_size: global batch size (>= 1).
         epochs: number of epochs (>= 1).
         momentum: SGD momentum (finite, >= 0; ignored by Adam).
@@ -68,7 +68,7 @@ class Schedule:
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"schedule.name: expected a non-empty str, got {self.name!r}")
         check_choice(self.optimizer, "schedule.optimizer", OPTIMIZERS)
-        check_number(self.lr, "schedule.lr", minimum=0, exclusive_minimum=True)
+        check_number(self.lr, "schedule.lr", minimum=0, exclusive_minimum=True, maximum=MAX_LR)
         check_number(self.batch_size, "schedule.batch_size", integer=True, minimum=1)
         check_number(self.epochs, "schedule.epochs", integer=True, minimum=1)
         check_number(self.momentum, "schedule.momentum", minimum=0)

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Union
 
 from torchattacks_deform.validation import check_bool, check_choice, check_number
 
-from .constants import DATASETS, MODEL_NAMES, PIPELINES, SCHEDULES, TRAIN_MODES
+from .constants import DATASETS, MAX_LR, MODEL_NAMES, PIPELINES, SCHEDULES, TRAIN_MODES
 from .presets import DEFAULT_LAMBDA, PAPER_BATCH_SIZE, Schedule, check_defense_args, get_schedule
 
 __all__ = ["IDENTITY_FIELDS", "RUNTIME_FIELDS", "TrainResult", "TrainSpec", "train_from_spec"]
@@ -152,7 +152,7 @@ class TrainSpec:
             check_choice(self.schedule, "schedule", SCHEDULES)
         check_number(self.epochs, "epochs", integer=True, minimum=1, allow_none=True)
         check_number(self.batch_size, "batch_size", integer=True, minimum=1, allow_none=True)
-        check_number(self.lr, "lr", minimum=0, exclusive_minimum=True, allow_none=True)
+        check_number(self.lr, "lr", minimum=0, exclusive_minimum=True, maximum=MAX_LR, allow_none=True)
         check_choice(self.pipeline, "pipeline", PIPELINES)
         for name in ("augment", "keep_best", "download", "progress", "validation"):
             check_bool(getattr(self, name), name)
@@ -295,6 +295,8 @@ def train_from_spec(spec: TrainSpec, out_dir: str | Path, *, mode: str = "new") 
 
     Raises:
         FileExistsError: ``mode="new"`` and ``out_dir`` holds a checkpoint.
+        OutputLockedError: another process is training into ``out_dir`` (its lock, see
+            :class:`~fgr_defense.checkpoint.OutputLock`).
         FileNotFoundError: ``mode="resume"`` without a checkpoint; a missing dataset.
         ValueError: ``mode="resume"`` with other identity settings (each difference is named),
             an unusable device, a batch size the processes cannot share, bad data.
@@ -309,6 +311,7 @@ def train_from_spec(spec: TrainSpec, out_dir: str | Path, *, mode: str = "new") 
         >>> result.checkpoint.name, len(result.history), result.cached, again.cached
         ('model.pt', 1, False, True)
     """
+    from .checkpoint import OutputLock, remove_stale_temporaries
     from .device import resolve_device
     from .spec_run import finish_cached, plan, train_new_or_resume
 
@@ -318,7 +321,21 @@ def train_from_spec(spec: TrainSpec, out_dir: str | Path, *, mode: str = "new") 
     t0 = time.perf_counter()
     device = resolve_device(spec.device)  # before any work
     out = Path(out_dir)
-    action = plan(spec, out, mode)
-    if action == "done":
-        return finish_cached(spec, out, t0)
-    return train_new_or_resume(spec, out, device, resume=action == "resume", wipe=action == "wipe", t0=t0)
+    lock = OutputLock(out).acquire() if _main_process() else None
+    try:
+        if lock is not None:  # nobody else writes here now: leftovers of a killed run go
+            remove_stale_temporaries(out)
+        action = plan(spec, out, mode)
+        if action == "done":
+            return finish_cached(spec, out, t0)
+        return train_new_or_resume(spec, out, device, resume=action == "resume", wipe=action == "wipe", t0=t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main_process() -> bool:
+    """True outside torchrun and on its rank 0 (the process that holds the output folder's lock)."""
+    from .distributed import launched_distributed
+
+    return not launched_distributed() or int(os.environ.get("RANK", "0")) == 0

@@ -42,6 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from torchattacks_deform.modes import preserve_modes
 from torchattacks_deform.validation import check_bool, check_choice, check_labels, check_number
 
 from .checkpoint import load_checkpoint
@@ -239,16 +240,13 @@ class Trainer(EpochLoopMixin):
 
     def _attack(self, x: Tensor, y: Tensor) -> Tensor:
         assert self.adversary is not None
-        was_training = self.model.training
-        self.model.eval()  # batch norm / dropout in inference mode while crafting the attack
-        try:
+        with preserve_modes(self.model):  # each module's own mode comes back
+            self.model.eval()  # batch norm / dropout in inference mode while crafting the attack
             if self._num_classes is None:  # check the labels before the attack uses them
                 with torch.no_grad():
                     self._loss(self.module(x), y)
             with torch.enable_grad():
                 x_adv = self.adversary(x, y)
-        finally:
-            self.model.train(was_training)
         if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
             got = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
             raise ValueError(f"adversary: expected adversarial images of shape {tuple(x.shape)}, got {got}")
@@ -370,10 +368,9 @@ class Trainer(EpochLoopMixin):
         Raises:
             ValueError: an empty loader, or ``labels`` that are not class indices of the model.
         """
-        was_training = self.module.training
-        self.module.eval()
         loss_sum, correct, count = 0.0, 0, 0
-        try:
+        with preserve_modes(self.module):  # each module's own mode comes back
+            self.module.eval()
             for batch in loader:
                 x, y = self._to_device(*split_batch(batch))
                 if attack is not None:
@@ -385,8 +382,6 @@ class Trainer(EpochLoopMixin):
                 loss_sum += float(self._loss(out, y).sum())
                 correct += int((out.argmax(dim=1) == y).sum())
                 count += int(y.shape[0])
-        finally:
-            self.module.train(was_training)
         if count == 0:
             raise ValueError("loader: expected at least one batch to evaluate, got an empty loader")
         return {"loss": loss_sum / count, "acc": correct / count, "n": count}

@@ -174,16 +174,16 @@ class TestFlowAutoAttack:
         with pytest.raises(ValueError, match=r"^attacks: only used with version='custom'"):
             FlowAutoAttack(model, attacks=[FlowFGSM(model)])
         with pytest.raises(ValueError, match=r"^attacks\[1\]: expected an attack on the suite's model"):
-            FlowAutoAttack(model, version="custom", attacks=[FlowFGSM(model), FlowFGSM(other)])
+            FlowAutoAttack(model, version="custom", attacks=[FlowFGSM(model, eps=0.5), FlowFGSM(other, eps=0.5)])
         with pytest.raises(TypeError, match=r"^attacks\[0\]: expected a FlowAttack"):
             FlowAutoAttack(model, version="custom", attacks=[lambda x, y: x])
-        targeted = FlowFGSM(model)
+        targeted = FlowFGSM(model, eps=0.5)
         targeted.set_mode_targeted_by_label(quiet=True)
         with pytest.raises(ValueError, match=r"^attacks\[0\]: expected an attack in default"):
             FlowAutoAttack(model, version="custom", attacks=[targeted])
         with pytest.raises(ValueError, match=r"^attacks\[0\]: expected padding_mode 'border'"):
-            FlowAutoAttack(model, version="custom", attacks=[FlowFGSM(model, padding_mode="zeros")])
+            FlowAutoAttack(model, version="custom", attacks=[FlowFGSM(model, eps=0.5, padding_mode="zeros")])
         with pytest.raises(ValueError, match="Targeted mode is not supported"):
             FlowAutoAttack(model, version="fast").set_mode_targeted_by_label(quiet=True)
-        with pytest.raises(ValueError, match="^eps: expected a finite number >= 0"):
+        with pytest.raises(ValueError, match=r"^eps: expected a finite number in \[0, 10000\]"):
             FlowAutoAttack(model, eps=float("nan"))

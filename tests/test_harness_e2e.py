@@ -215,7 +215,7 @@ class TestCli:
         raw["attacks"][0]["budgets"] = [-1.0]
         path.write_text(yaml.safe_dump(raw))
         assert main(["run", "--config", str(path), "--out", str(tmp_path / "bad")]) == 2
-        assert "attacks[0].budgets[0]: expected a finite number >= 0" in capsys.readouterr().err
+        assert "attacks[0].budgets[0]: expected a finite number in [0, 10000]" in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
 
 
@@ -263,7 +263,7 @@ class TestResume:
         assert "2 finished cell(s)" in msg and "Standard|FlowPGD|0.5" in msg and "--overwrite-stale" in msg
         assert '"steps": 3' in msg and '"steps": 2' in msg
         redone: list[str] = []
-        run_config(cfg2, tmp_path, overwrite_stale=True, on_cell_done=lambda c, r: redone.append(c.key))
+        run_config(cfg2, tmp_path, overwrite_stale=True, on_cell_done=lambda c, r: redone.append(c.label))
         assert sorted(redone) == ["Standard|FlowPGD|0.5", "Standard|FlowPGD|1.0"]
         # new weights make every cell of the model stale
         other = dict(model_files)

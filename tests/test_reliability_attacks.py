@@ -301,7 +301,10 @@ def test_images_dtype_must_match_the_model(data: tuple[Tensor, Tensor]) -> None:
 
 def test_a_diverging_attack_names_itself_and_the_flow(data: tuple[Tensor, Tensor]) -> None:
     x, y = data
+    with pytest.raises(ValueError, match=r"^eps: expected a finite number in \[0, 10000\], got 1e\+39"):
+        FlowPGD(tiny(), eps=1e39, steps=2)  # such a budget is refused before it can diverge
+    flow = torch.full((x.shape[0], 2, *x.shape[2:]), float("inf"))
     with pytest.raises(ValueError, match=r"^FlowPGD: its iterate diverged \(flow: expected finite values"):
-        FlowPGD(tiny(), eps=1e39, steps=2)(x, y)
+        FlowPGD(tiny(), steps=2).warp(x, flow)
     with pytest.raises(ValueError, match=r"^lr: expected at most 3.4e\+38"):
         StAdv(tiny(), lr=1e39, steps=2)(x, y)

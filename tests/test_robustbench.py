@@ -132,3 +132,23 @@ def test_real_zoo_architecture_loads_offline_and_is_evaluated(tmp_path: Path, zo
     assert rec["deformation_worst_case_acc"] == {"0.25": rec["deformation_worst_case_acc"]["0.25"]}
     assert rec["weights_sha256"] and rec["n_examples"] == 2
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.csv").is_file()
+
+
+def test_robustbench_model_on_the_users_own_data(tmp_path: Path, zoo_dir: Path, no_network: None) -> None:
+    """`deform-robust evaluate --model robustbench:cifar10/<name>` on a user's .npz of 32x32 RGB images."""
+    import numpy as np
+
+    from deform_robust.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine.npz"
+    np.savez(data, images=rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8), labels=np.array([0, 1, 2, 3]))
+    args = ["evaluate", "--model", f"robustbench:cifar10/{NAME}", "--model-dir", str(zoo_dir), "--data", str(data),
+            "--eps", "0.25", "--attacks", "FlowFGSM", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert rec["n"] == 4
+    with pytest.raises(ValueError, match=r"robustbench:<zoo>/<name>.*robustbench:cifar10/Wong2020Fast"):
+        from deform_robust.evaluate import load_model_spec
+
+        load_model_spec(f"robustbench:{NAME}", model_dir=str(zoo_dir), dataset=str(data))

@@ -19,7 +19,15 @@ from torch import Tensor, nn
 from ._compat import TorchattacksAttack
 from .flow import _PADDING_MODES, NORMS, _check_images_layout, warp
 from .losses import attack_loss, margin_loss
-from .validation import check_bool, check_choice, check_images, check_labels, check_number
+from .modes import restore_modes, save_modes
+from .validation import (
+    check_bool,
+    check_choice,
+    check_images,
+    check_labels,
+    check_member_budget,
+    check_number,
+)
 
 __all__ = [
     "ATTACK_KINDS",
@@ -156,6 +164,15 @@ class FlowAttack(TorchattacksAttack):
     def cost(cls, params: Mapping[str, Any]) -> float:
         """Worst-case forward+backward-equivalents per example. Implemented by subclasses."""
         raise NotImplementedError
+
+    def require_budget(self, eps: float, norm: str, name: str) -> None:
+        """Raise ``ValueError`` (naming ``name``) unless this attack's budget is ``eps`` in ``norm``.
+
+        The budget is the constructor argument ``info.budget_arg`` and its norm
+        :meth:`budget_norm` (:func:`~torchattacks_deform.validation.check_member_budget`).
+        """
+        arg = type(self).info.budget_arg
+        check_member_budget(getattr(self, arg, None), type(self).budget_norm(vars(self)), eps, norm, name, arg)
 
     # -- settings -----------------------------------------------------------------------
     def set_precision(self, autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
@@ -296,11 +313,12 @@ class FlowAttack(TorchattacksAttack):
         self._check_call_inputs(inputs)
         given_training = self.model.training
         normalization_applied = self._normalization_applied
+        modes = save_modes(self.model)
         try:
             yield given_training, normalization_applied
         finally:
             self._pending_labels = ()
-            self.model.train(given_training)
+            restore_modes(modes)  # each module's own mode (a frozen batch norm stays in eval mode)
             if normalization_applied is not None and self._normalization_applied != normalization_applied:
                 self._set_normalization_applied(normalization_applied)
 

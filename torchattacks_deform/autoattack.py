@@ -15,7 +15,7 @@ from .es import FlowES
 from .flow import NORMS
 from .pgd import FlowPGD
 from .stadv import StAdv
-from .validation import check_choice, check_number
+from .validation import check_budget, check_choice
 
 __all__ = ["VERSIONS", "FlowAutoAttack", "version_members"]
 
@@ -48,7 +48,7 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
         ['FlowPGD-CE', 'FlowPGD-margin']
     """
     check_choice(version, "version", VERSIONS[:2])
-    eps = float(check_number(eps, "eps", minimum=0))
+    eps = float(check_budget(eps, "eps"))
     check_choice(norm, "norm", NORMS)
     fast = version == "fast"
     pgd_steps = 10 if fast else 50
@@ -115,7 +115,8 @@ class FlowAutoAttack(FlowAttack):
     Raises:
         ValueError, TypeError: bad numbers or choices, ``attacks`` without ``version="custom"``
             (or missing with it), members that are not flow attacks on ``model``, are targeted,
-            or use another ``padding_mode`` than the suite.
+            use another ``padding_mode`` than the suite, or have another budget than ``eps`` in
+            ``norm`` (the suite's results are reported at ``eps``).
 
     Example:
         >>> import torch
@@ -141,13 +142,13 @@ class FlowAutoAttack(FlowAttack):
         attacks: Optional[Sequence[FlowAttack]] = None,
         padding_mode: str = "border",
     ) -> None:
-        eps = float(check_number(eps, "eps", minimum=0))
+        eps = float(check_budget(eps, "eps"))
         check_choice(norm, "norm", NORMS)
         check_choice(version, "version", VERSIONS)
         super().__init__("FlowAutoAttack", model, padding_mode=padding_mode)
         self.supported_mode = ["default"]
         if version == "custom":
-            members = self._check_members(attacks, model, padding_mode)
+            members = self._check_members(attacks, model, padding_mode, eps, norm)
             names = _member_names(members)
         else:
             if attacks is not None:
@@ -163,7 +164,8 @@ class FlowAutoAttack(FlowAttack):
         self.last_clean_correct: Optional[Tensor] = None
 
     @staticmethod
-    def _check_members(attacks: Any, model: Optional[nn.Module], padding_mode: Optional[str]) -> list[FlowAttack]:
+    def _check_members(attacks: Any, model: Optional[nn.Module], padding_mode: Optional[str],
+                       eps: Optional[float] = None, norm: Optional[str] = None) -> list[FlowAttack]:
         if not isinstance(attacks, (list, tuple)) or len(attacks) == 0:
             raise TypeError(f"attacks: expected a non-empty list of FlowAttack instances with "
                             f"version='custom', got {type(attacks).__name__}")
@@ -179,6 +181,8 @@ class FlowAutoAttack(FlowAttack):
             if atk.targeted:
                 raise ValueError(f"attacks[{i}]: expected an attack in default (untargeted) mode, got "
                                  f"mode {atk.attack_mode!r}")
+            if eps is not None and norm is not None:
+                atk.require_budget(eps, norm, f"attacks[{i}]")
         return list(attacks)
 
     @classmethod
@@ -225,7 +229,7 @@ class FlowAutoAttack(FlowAttack):
             correct = self.get_logits(images).argmax(dim=1) == labels
         remaining = correct.nonzero().squeeze(1)
         report: list[dict[str, Any]] = []
-        self._check_members(self.attacks, self.model, self.padding_mode)
+        self._check_members(self.attacks, self.model, self.padding_mode, self.eps, self.norm)
         with self._members_inherit():
             for i, (name, atk) in enumerate(zip(self.names, self.attacks)):
                 entry: dict[str, Any] = {"name": name, "attacked": int(remaining.numel()), "fooled": 0,

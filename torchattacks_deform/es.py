@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ._base import AttackInfo, FlowAttack
 from .flow import project_flow
 from .losses import margin_loss
-from .validation import check_number
+from .validation import check_budget, check_number
 
 __all__ = ["FlowES"]
 
@@ -98,7 +98,7 @@ class FlowES(FlowAttack):
         max_batch: int = 4096,
         padding_mode: str = "border",
     ) -> None:
-        eps = check_number(eps, "eps", minimum=0)
+        eps = check_budget(eps, "eps")
         check_number(population, "population", integer=True)
         if population < 2 or population % 2:
             raise ValueError(f"population: expected an even number >= 2 (antithetic pairs), got {population}")

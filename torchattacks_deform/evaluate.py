@@ -15,7 +15,8 @@ from ._compat import TorchattacksAttack
 from ._data import batches
 from .autoattack import FlowAutoAttack, _member_names, version_members
 from .flow import NORMS
-from .validation import check_bool, check_choice, check_labels, check_number
+from .modes import preserve_modes
+from .validation import check_bool, check_budget, check_choice, check_labels, check_number
 
 __all__ = ["RobustnessReport", "evaluate_robustness"]
 
@@ -124,6 +125,8 @@ def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool)
         if atk.normalization_used is not None:
             raise ValueError(f"{label}: expected no set_normalization_used (evaluate_robustness passes [0, 1] "
                              "images to the model: put the normalization inside the model)")
+        if isinstance(atk, FlowAttack):  # the report says eps: every flow attack must attack at eps
+            atk.require_budget(eps, norm, label)
     return (names or _member_names(members)), members
 
 
@@ -173,7 +176,8 @@ def evaluate_robustness(
         attacks: ``"standard"`` or ``"fast"`` (the members of that
             :class:`~torchattacks_deform.FlowAutoAttack` version, built from ``eps`` and
             ``norm``), a list of :class:`~torchattacks_deform.FlowAttack` instances on
-            ``model``, or a dict name -> attack. With ``cascade=False`` pixel-space torchattacks
+            ``model`` whose budget is ``eps`` in ``norm``, or a dict name -> attack. With
+            ``cascade=False`` pixel-space torchattacks
             attacks (``torchattacks.PGD(model, ...)``) count too (no flow, no query count).
         cascade: run the attacks as a cascade (see above).
         batch_size: examples per batch (larger DataLoader batches are split).
@@ -208,7 +212,7 @@ def evaluate_robustness(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    eps = float(check_number(eps, "eps", minimum=0))
+    eps = float(check_budget(eps, "eps"))
     check_choice(norm, "norm", NORMS)
     check_bool(cascade, "cascade")
     check_number(batch_size, "batch_size", integer=True, minimum=1)
@@ -226,9 +230,8 @@ def evaluate_robustness(
         suite = FlowAutoAttack(model, eps=eps, norm=norm, version="custom", attacks=members,
                                padding_mode=members[0].padding_mode)
         suite.names = names
-    given_training = model.training
     acc = _Accumulator(names, return_flows)
-    try:
+    with preserve_modes(model):  # each module's own mode comes back (a frozen batch norm stays frozen)
         model.eval()
         show = progress if progress is not None else (n_batches is None or n_batches > 1)
         for x, y in _progress(data, n_batches, show):
@@ -237,8 +240,6 @@ def evaluate_robustness(
                 acc.add_cascade(suite, x, y)
             else:
                 acc.add_independent(model, names, members, x, y)
-    finally:
-        model.train(given_training)
     report = acc.report(eps, norm, cascade)
     logger.info("evaluate_robustness: %s", report.to_dict())
     return report

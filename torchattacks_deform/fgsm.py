@@ -10,7 +10,7 @@ from ._base import AttackInfo, FlowAttack
 from .flow import NORMS
 from .losses import LOSSES
 from .pgd import ascent_direction
-from .validation import check_choice, check_number
+from .validation import check_budget, check_choice
 
 __all__ = ["FlowFGSM"]
 
@@ -70,7 +70,7 @@ class FlowFGSM(FlowAttack):
         padding_mode: str = "border",
         loss: str = "ce",
     ) -> None:
-        eps = check_number(eps, "eps", minimum=0)
+        eps = check_budget(eps, "eps")
         check_choice(norm, "norm", NORMS)
         check_choice(loss, "loss", LOSSES)
         super().__init__("FlowFGSM", model, padding_mode=padding_mode)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ._base import AttackInfo, FlowAttack
 from .flow import NORMS, project_flow
 from .losses import LOSSES
-from .validation import check_bool, check_choice, check_number
+from .validation import check_bool, check_budget, check_choice, check_number
 
 __all__ = ["FlowPGD", "ascent_direction", "random_flow"]
 
@@ -137,7 +137,7 @@ class FlowPGD(FlowAttack):
         loss: str = "ce",
         restarts: int = 1,
     ) -> None:
-        eps = check_number(eps, "eps", minimum=0)
+        eps = check_budget(eps, "eps")
         alpha = check_number(eps / 4 if alpha is None else alpha, "alpha", minimum=0)
         check_number(steps, "steps", integer=True, minimum=0)
         check_bool(random_start, "random_start")

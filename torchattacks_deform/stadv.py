@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ._base import AttackInfo, FlowAttack
 from .flow import _SMOOTHNESS_PADDINGS, flow_smoothness_loss, normalized_to_pixels, project_flow
 from .losses import check_kappa, margin_loss
-from .validation import check_bool, check_choice, check_number
+from .validation import check_bool, check_budget, check_choice, check_number
 
 __all__ = ["StAdv"]
 
@@ -132,7 +132,7 @@ class StAdv(FlowAttack):
         check_number(steps, "steps", integer=True, minimum=0)
         lr = check_number(lr, "lr", minimum=0)
         kappa = check_kappa(kappa)
-        bound = check_number(bound, "bound", minimum=0, allow_none=True)
+        bound = check_budget(bound, "bound", allow_none=True)
         smooth_eps = check_number(smooth_eps, "smooth_eps", minimum=0, exclusive_minimum=True)
         check_choice(smoothness_padding, "smoothness_padding", _SMOOTHNESS_PADDINGS)
         check_bool(clip_positions, "clip_positions")
@@ -218,15 +218,19 @@ class StAdv(FlowAttack):
         if self.lr > torch.finfo(images.dtype).max:
             raise ValueError(f"lr: expected at most {torch.finfo(images.dtype).max:.3g} (the largest "
                              f"{images.dtype} value, the dtype of the flow), got {self.lr:g}")
-        flow = images.new_zeros(b, 2, h, w).requires_grad_(True)
+        # The flow, Adam's state and the losses are kept in at least float32: in float16,
+        # smooth_eps (1e-8) and Adam's eps underflow to 0 and the first step divides by zero.
+        # Only the warp and the model run in the images' dtype.
+        work = torch.promote_types(images.dtype, torch.float32)
+        flow = images.new_zeros(b, 2, h, w, dtype=work).requires_grad_(True)
         optimizer = torch.optim.Adam([flow], lr=self.lr)
-        best_flow = images.new_zeros(b, 2, h, w)
-        best_loss = images.new_full((b,), float("inf"))
+        best_flow = torch.zeros_like(flow, requires_grad=False)
+        best_loss = images.new_full((b,), float("inf"), dtype=work)
         best_ok = torch.zeros(b, dtype=torch.bool, device=images.device)
         for step in range(self.steps + 1):
             last = step == self.steps
             with torch.set_grad_enabled(not last):
-                logits = self.get_logits(self.warp(images, flow))
+                logits = self.get_logits(self.warp(images, flow.to(images.dtype))).to(work)
                 smooth = flow_smoothness_loss(flow, eps=self.smooth_eps, padding=self.smoothness_padding)
                 total = margin_loss(logits, labels, self.targeted, self.kappa) + self.tau * smooth
             ok = self.is_successful(logits.detach(), labels)
@@ -241,4 +245,4 @@ class StAdv(FlowAttack):
             optimizer.step()
             with torch.no_grad():
                 flow.copy_(self._constrain(flow))
-        return best_flow
+        return best_flow.to(images.dtype)

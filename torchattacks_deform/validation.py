@@ -30,11 +30,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MAX_BUDGET",
     "RANGE_TOL",
     "check_bool",
+    "check_budget",
     "check_choice",
     "check_images",
     "check_labels",
+    "check_member_budget",
     "check_number",
     "describe_number",
 ]
@@ -44,6 +47,10 @@ Number = Union[int, float]
 #: Images coming back from torchattacks' inverse normalization can overshoot [0, 1] by float
 #: rounding; accept that much (callers clamp).
 RANGE_TOL = 1e-5
+
+#: Largest budget accepted anywhere (flow budgets in pixels, pixel budgets in intensities):
+#: 10,000 px is beyond any image; larger finite values (1e300) only overflow later in a run.
+MAX_BUDGET = 1e4
 
 
 def describe_number(*, minimum: Optional[Number] = None, maximum: Optional[Number] = None,
@@ -119,6 +126,22 @@ def check_number(
     if too_small or too_large:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return value if integer else float(value) if isinstance(value, float) else value
+
+
+def check_budget(value: Any, name: str, *, exclusive_minimum: bool = False, allow_none: bool = False) -> Any:
+    """:func:`check_number` for a budget: finite, ``>= 0`` (``> 0`` with ``exclusive_minimum``)
+    and at most :data:`MAX_BUDGET`.
+
+    Example:
+        >>> check_budget(0.5, "eps")
+        0.5
+        >>> check_budget(1e300, "eps")
+        Traceback (most recent call last):
+        ...
+        ValueError: eps: expected a finite number in [0, 10000], got 1e+300
+    """
+    return check_number(value, name, minimum=0, maximum=MAX_BUDGET, exclusive_minimum=exclusive_minimum,
+                        allow_none=allow_none)
 
 
 def check_bool(value: Any, name: str) -> bool:
@@ -224,3 +247,25 @@ def check_labels(labels: Any, batch_size: int, num_classes: Optional[int] = None
             f"{name}: expected non-negative class indices, got {lo} (ignore_index labels such as -100 "
             "are not supported: drop those examples)"
         )
+
+
+def check_member_budget(budget: Any, budget_norm: str, eps: float, norm: str, name: str,
+                        budget_arg: str = "eps") -> None:
+    """Raise ``ValueError`` unless a member attack's budget is ``eps`` in ``norm``.
+
+    A suite (or an evaluation) reports its results at ``eps``: a member with a larger budget
+    would return larger flows under that label, one with a smaller budget would understate
+    the attack. ``budget`` None (an unbounded attack, e.g. StAdv without ``bound``) is refused.
+
+    Example:
+        >>> check_member_budget(0.5, "Linf", 0.5, "Linf", "attacks[0]")
+        >>> check_member_budget(3.0, "Linf", 0.1, "Linf", "attacks[1]")
+        Traceback (most recent call last):
+        ...
+        ValueError: attacks[1]: expected a budget of Linf eps=0.1 px like the suite, got eps=3.0 (Linf)
+    """
+    same = (budget is not None and not isinstance(budget, bool) and isinstance(budget, (int, float))
+            and math.isclose(float(budget), float(eps), rel_tol=1e-9, abs_tol=1e-12) and budget_norm == norm)
+    if not same:
+        raise ValueError(f"{name}: expected a budget of {norm} eps={eps:g} px like the suite, got "
+                         f"{budget_arg}={budget!r} ({budget_norm})")
