@@ -100,16 +100,16 @@ def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
 
 def _monotone(scan: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The non-increasing least-squares fit of clean accuracy on weight (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [sum, count, first index]
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
     pts = sorted((float(w), float(c)) for w, c in scan)
-    for i, (_, c) in enumerate(pts):
-        blocks.append([c, 1.0, float(i)])
+    for _, c in pts:
+        blocks.append([c, 1.0])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
-            s1, n1, i1 = blocks.pop()
+            s1, n1 = blocks.pop()
             blocks[-1][0] += s1
             blocks[-1][1] += n1
     fit: list[float] = []
-    for total, count, _ in blocks:
+    for total, count in blocks:
         fit += [total / count] * int(count)
     return [(w, f) for (w, _), f in zip(pts, fit)]
 
