@@ -1,4 +1,4 @@
-"""Choose a preset's weight grids on a calibration seed: ``python -m eval calibrate --preset mnist5k``.
+"""Choose a preset's weight grids on calibration seeds: ``python -m eval calibrate --preset mnist5k``.
 
 The comparison of defense families at equal clean accuracy (:mod:`eval.analysis`) is only as
 good as each family's coverage of clean accuracy. This command picks the weights on a seed
@@ -6,8 +6,12 @@ that the preset's main run does not use, so that the grid is fixed before the ma
 any data:
 
 1. Train the zero-weight model (Standard) and every weight of each family's ``calibration.scan``
-   on ``calibration.seed``, with the preset's training recipe (schedule, stabilizer, data).
+   on each calibration seed (``calibration.seed``: one seed or a list), with the preset's
+   training recipe (schedule, stabilizer, data).
 2. Read each model's clean accuracy on the test split (the images the pipeline evaluates).
+   With several seeds, a weight's clean accuracy is the mean over the seeds of its accuracy
+   relative to that seed's Standard (plus the mean Standard accuracy), so seed-to-seed shifts
+   of the whole curve cancel and the noise of one model is averaged.
 3. Per family, choose the weights whose clean accuracy is expected at each target drop below
    Standard (:func:`choose_weights`), and add the geometric mean of two chosen neighbours
    where the expected drop between them exceeds ``max_step`` (the steep part of the curve,
@@ -18,7 +22,7 @@ any data:
 A preset's ``calibration`` section::
 
     calibration:
-      seed: 100                   # not one of training.seeds
+      seed: [100, 101]            # one seed or a list; none of training.seeds
       targets: [0.5, 1.25, 2, 3]  # drops below Standard, in points
       max_step: 1.5               # points: a wider expected step gets a weight in between
       max_weights: 9              # optional: at most this many per family
@@ -52,8 +56,9 @@ __all__ = ["calibration_plan", "choose_weights", "expected_clean", "render_calib
 logger = logging.getLogger(__name__)
 
 
-def calibration_plan(p: Preset, seed: int | None = None) -> tuple[int, list[Instance], dict[str, Any]]:
-    """``(seed, instances, section)``: the models a calibration trains (Standard first).
+def calibration_plan(p: Preset, seed: int | Sequence[int] | None = None
+                     ) -> tuple[list[int], list[Instance], dict[str, Any]]:
+    """``(seeds, instances, section)``: the models a calibration trains on each seed (Standard first).
 
     Raises:
         PresetError: no ``calibration`` section, a bad value, or a seed the main run uses.
@@ -62,10 +67,14 @@ def calibration_plan(p: Preset, seed: int | None = None) -> tuple[int, list[Inst
     if not isinstance(cal, dict) or not isinstance(cal.get("scan"), dict) or not cal["scan"]:
         raise PresetError(f"{p.source}: calibration: expected a mapping with a non-empty 'scan' "
                           "({family: [weights]}), got " + repr(cal))
-    seed = int(cal.get("seed", 100)) if seed is None else int(seed)
-    if seed in p.seeds:
-        raise PresetError(f"--seed: expected a calibration seed that the main run does not use "
-                          f"(training.seeds {list(p.seeds)}), got {seed}")
+    given = cal.get("seed", 100) if seed is None else seed
+    seeds = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else None
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise PresetError(f"calibration.seed: expected an integer or a list of distinct integers, got {given!r}")
+    for s in seeds:
+        if s in p.seeds:
+            raise PresetError(f"--seed: expected a calibration seed that the main run does not use "
+                              f"(training.seeds {list(p.seeds)}), got {s}")
     targets = cal.get("targets")
     if not isinstance(targets, list) or not targets or any(not isinstance(t, (int, float)) or t <= 0
                                                             for t in targets):
@@ -76,7 +85,32 @@ def calibration_plan(p: Preset, seed: int | None = None) -> tuple[int, list[Inst
                 not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 for w in weights):
             raise PresetError(f"{p.source}: calibration.scan.{family}: expected positive weights, got {weights!r}")
         insts += [Instance(resolve_defense_name(str(family)), weight=float(w)) for w in sorted(weights)]
-    return seed, insts, cal
+    return seeds, insts, cal
+
+
+def pooled_scan(rows: Sequence[Mapping[str, Any]], family: str) -> tuple[list[tuple[float, float]], float]:
+    """``(scan, zero)``: a family's ``(weight, clean)`` pooled over calibration seeds, and the mean zero.
+
+    Each row has ``seed``, ``defense``, ``weight`` and ``clean_acc``; rows of weight 0 are each
+    seed's zero-weight model. A weight's pooled clean accuracy is the mean over its seeds of
+    ``clean - zero[seed]``, plus the mean of ``zero``.
+
+    Example:
+        >>> rows = [{"seed": 1, "defense": "S", "weight": 0.0, "clean_acc": 0.96},
+        ...         {"seed": 2, "defense": "S", "weight": 0.0, "clean_acc": 0.98},
+        ...         {"seed": 1, "defense": "F", "weight": 2.0, "clean_acc": 0.94},
+        ...         {"seed": 2, "defense": "F", "weight": 2.0, "clean_acc": 0.92}]
+        >>> scan, zero = pooled_scan(rows, "F")
+        >>> [(w, round(c, 6)) for w, c in scan], round(zero, 6)
+        ([(2.0, 0.92)], 0.97)
+    """
+    zeros = {r["seed"]: float(r["clean_acc"]) for r in rows if float(r["weight"]) == 0.0}
+    zero = sum(zeros.values()) / len(zeros)
+    by_weight: dict[float, list[float]] = {}
+    for r in rows:
+        if r["defense"] == family and float(r["weight"]) > 0:
+            by_weight.setdefault(float(r["weight"]), []).append(float(r["clean_acc"]) - zeros[r["seed"]])
+    return [(w, zero + sum(d) / len(d)) for w, d in sorted(by_weight.items())], zero
 
 
 def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
@@ -173,9 +207,9 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
     return chosen
 
 
-def run_calibration(p: Preset, out: str | Path, seed: int | None = None, device: str = "auto",
+def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None = None, device: str = "auto",
                     progress: bool = True) -> dict[str, Any]:
-    """Train the scan on the calibration seed, choose the grids, write the outputs; returns the JSON dict."""
+    """Train the scan on the calibration seeds, choose the grids, write the outputs; returns the JSON dict."""
     from fgr_defense.device import resolve_device
     from fgr_defense.naming import slugify
     from fgr_defense.spec import train_from_spec
@@ -183,35 +217,39 @@ def run_calibration(p: Preset, out: str | Path, seed: int | None = None, device:
     from .pipeline import instance_spec
     from .provenance import git_revision, machine
 
-    seed, insts, cal = calibration_plan(p, seed)
+    seeds, insts, cal = calibration_plan(p, seed)
     out = Path(out)
     dev = resolve_device(device)
     rows: list[dict[str, Any]] = []
-    bar = tqdm(insts, desc=f"{p.name}: calibrate (seed {seed})", unit="model", disable=None if progress else True)
-    for k, inst in enumerate(bar, 1):
-        bar.set_postfix_str(f"model {k}/{len(insts)}: {inst.name}")
-        spec = dataclasses.replace(instance_spec(p, inst, seed), device=str(dev))
-        res = train_from_spec(spec, out / "cache" / f"seed{seed}" / slugify(inst.name), mode="auto")
+    jobs = [(s, inst) for s in seeds for inst in insts]
+    bar = tqdm(jobs, desc=f"{p.name}: calibrate (seeds {', '.join(map(str, seeds))})", unit="model",
+               disable=None if progress else True)
+    for k, (s, inst) in enumerate(bar, 1):
+        bar.set_postfix_str(f"model {k}/{len(jobs)}: seed {s} {inst.name}")
+        spec = dataclasses.replace(instance_spec(p, inst, s), device=str(dev))
+        res = train_from_spec(spec, out / "cache" / f"seed{s}" / slugify(inst.name), mode="auto")
         clean = res.history[-1].get("val_acc") if res.history else None
         if clean is None:
             raise RuntimeError(f"{inst.name}: training kept no test accuracy; calibration needs validation")
-        rows.append({"model": inst.name, "defense": inst.defense, "weight": inst.weight or 0.0,
+        rows.append({"seed": s, "model": inst.name, "defense": inst.defense, "weight": inst.weight or 0.0,
                      "clean_acc": float(clean), "train_s": res.train_s,
                      "val_curve": [h.get("val_acc") for h in res.history]})
     bar.close()
-    zero = float(rows[0]["clean_acc"])
     targets = [float(t) for t in cal["targets"]]
     max_step = cal.get("max_step")
     max_weights = cal.get("max_weights")
     grids: dict[str, list[float]] = {}
     reach: dict[str, float] = {}
+    pooled: dict[str, list[list[float]]] = {}
+    zero = float(rows[0]["clean_acc"])
     for family in cal["scan"]:
-        scan = [(float(r["weight"]), float(r["clean_acc"])) for r in rows if r["defense"] == family]
+        scan, zero = pooled_scan(rows, resolve_defense_name(str(family)))
+        pooled[family] = [[w, c] for w, c in scan]
         grids[family] = choose_weights(scan, zero, targets, max_step, max_weights)
         reach[family] = 100.0 * (zero - min(c for _, c in scan))
-    result = {"preset": p.name, "source": p.source, "seed": seed, "targets": targets, "max_step": max_step,
-              "max_weights": max_weights,
-              "zero_clean": zero, "models": rows, "grids": grids, "reach": reach,
+    result = {"preset": p.name, "source": p.source, "seed": seeds[0] if len(seeds) == 1 else seeds,
+              "seeds": seeds, "targets": targets, "max_step": max_step, "max_weights": max_weights,
+              "zero_clean": zero, "models": rows, "pooled": pooled, "grids": grids, "reach": reach,
               "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(exclude=out),
                          **machine(dev)}}
     out.mkdir(parents=True, exist_ok=True)
@@ -228,16 +266,27 @@ def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> 
     from .report import md_table, pct
 
     zero = result["zero_clean"]
-    lines = [f"# Calibration of `{result['preset']}` on seed {result['seed']}", "",
+    seeds = result.get("seeds") or [result["seed"]]
+    lines = [f"# Calibration of `{result['preset']}` on seed{'s' if len(seeds) > 1 else ''} "
+             f"{', '.join(map(str, seeds))}", "",
              f"- Command: `{result['header']['command']}` at revision `{result['header']['git_revision']}`",
-             f"- Zero-weight model: {pct(zero)}% clean; target drops (points): "
+             f"- Zero-weight model: {pct(zero)}% clean{' (mean over the seeds)' if len(seeds) > 1 else ''}; "
+             "target drops (points): "
              f"{', '.join(f'{t:g}' for t in result['targets'])}; fill-in above a step of {result['max_step']} points",
              ""]
     if figure:
         lines += [f"![calibration]({figure})", ""]
-    rows = [[r["model"], f"{r['weight']:g}", pct(r["clean_acc"]), f"{100 * (zero - r['clean_acc']):+.1f}",
-             f"{r['train_s']:.0f}"] for r in result["models"]]
-    lines += [md_table(["model", "weight", "clean %", "drop (points)", "train s"], rows), ""]
+    zeros = {r.get("seed"): r["clean_acc"] for r in result["models"] if r["weight"] == 0}
+    rows = [[str(r.get("seed", seeds[0])), r["model"], f"{r['weight']:g}", pct(r["clean_acc"]),
+             f"{100 * (zeros[r.get('seed')] - r['clean_acc']):+.1f}", f"{r['train_s']:.0f}"] for r in result["models"]]
+    lines += [md_table(["seed", "model", "weight", "clean %", "drop below the seed's Standard (points)", "train s"],
+                       rows), ""]
+    if len(seeds) > 1 and result.get("pooled"):
+        lines += ["Pooled over the seeds (the mean drop below each seed's Standard; the grids are chosen from these):",
+                  ""]
+        prow = [[f, f"{w:g}", pct(c), f"{100 * (zero - c):+.2f}"] for f, pts in result["pooled"].items()
+                for w, c in pts]
+        lines += [md_table(["family", "weight", "pooled clean %", "mean drop (points)"], prow), ""]
     lines += ["Chosen grids (commit them in the preset before the main run):", "", "```yaml"]
     lines += [f"    - {{defense: {f}, weight: [{', '.join(f'{w:g}' for w in ws)}]}}"
               for f, ws in result["grids"].items()]
@@ -255,9 +304,14 @@ def _plot(result: Mapping[str, Any], path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    zeros = {r.get("seed"): r["clean_acc"] for r in result["models"] if r["weight"] == 0}
     for family, weights in result["grids"].items():
-        scan = sorted((r["weight"], r["clean_acc"]) for r in result["models"] if r["defense"] == family)
-        line = ax.plot([w for w, _ in scan], [100 * c for _, c in scan], "o-", label=f"{family} (scan)")[0]
+        name = resolve_defense_name(str(family))
+        scan, zero = pooled_scan([{**r, "seed": r.get("seed")} for r in result["models"]], name)
+        line = ax.plot([w for w, _ in scan], [100 * c for _, c in scan], "o-", label=f"{family} (scan, pooled)")[0]
+        ax.plot([r["weight"] for r in result["models"] if r["defense"] == name],
+                [100 * (r["clean_acc"] - zeros[r.get("seed")] + zero) for r in result["models"] if r["defense"] == name],
+                ".", color=line.get_color(), alpha=0.5)
         for w in weights:
             ax.axvline(w, color=line.get_color(), alpha=0.25, lw=1)
     ax.axhline(100 * result["zero_clean"], color="k", ls="--", lw=1, label="Standard")
@@ -266,7 +320,8 @@ def _plot(result: Mapping[str, Any], path: Path) -> str | None:
     ax.set_xscale("log")
     ax.set_xlabel("weight (log scale); vertical lines: the chosen grid")
     ax.set_ylabel("clean accuracy %")
-    ax.set_title(f"{result['preset']}: calibration on seed {result['seed']}")
+    ax.set_title(f"{result['preset']}: calibration on seed(s) "
+                 f"{', '.join(map(str, result.get('seeds') or [result['seed']]))}; dots: single seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                "then choose the weights expected at the preset's target drops in clean accuracy; writes "
                "calibration.md (with the YAML lines for the preset), calibration.json and calibration.png.",
                "python -m eval calibrate --preset mnist5k",
-               "python -m eval calibrate --preset demo --seed 101 --out results/demo-calibration")
+               "python -m eval calibrate --preset demo --seed 101 102 --out results/demo-calibration")
     cal.add_argument("--preset", required=True, help="preset name (eval/presets/<name>.yaml) or a YAML path")
-    cal.add_argument("--seed", type=int, default=None, help="calibration seed (default: the preset's calibration.seed)")
+    cal.add_argument("--seed", type=int, nargs="+", default=None,
+                     help="calibration seed(s) (default: the preset's calibration.seed)")
     cal.add_argument("--out", default=None, help="output folder (default results/<preset>-calibration)")
     cal.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -148,7 +149,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = override_config(load_config(args.config), n=args.n, batch_size=args.batch_size, device=args.device)
     d = cfg.data  # loaded once for the cells and the figures
     data = load_test_data(d.dataset, d.root, d.n, d.pipeline) if cfg.plots.enabled and not args.no_plots else None
-    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale, data=data)
+    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale, data=data,
+                         progress=False if args.no_progress else None)
     if results is not None:
         _finish_run(results, cfg, Path(args.out), not args.no_plots, data)
     return 0
@@ -190,7 +192,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
     cfg, out, paths = run_zoo_command(args.dataset, args.threat_model, args.models, args.model_dir, args.data_root,
                                       args.suite, args.out, args.n, args.batch_size, args.device,
-                                      args.overwrite_stale)
+                                      args.overwrite_stale, progress=False if args.no_progress else None)
     for path in paths:
         print(f"wrote {path}")
     _finish_run(read_results(out / "results.json"), cfg, out, not args.no_plots)
@@ -230,7 +232,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 1 failed, 2 bad input, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -246,3 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # a locked output folder, stale cells, a failed run
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # finished cells and checkpoints are on disk; a training run at its last step
+        where = getattr(err, "checkpoint", None)
+        where = f" (training checkpoint at {where})" if where is not None else ""
+        kept = "" if args.command == "report" else "; the finished work is kept: the same command resumes"
+        print(f"interrupted{where}{kept}", file=sys.stderr)
+        return 130

@@ -48,3 +48,26 @@ def test_weights_land_where_the_scan_predicts() -> None:
     assert len(dense) == 3 and dense[0] < dense[1] < dense[2]
     assert choose_weights(scan, 0.965, [0.5, 1.5, 2.5, 3.5, 7.5], max_weights=3)[::2] == \
         [choose_weights(scan, 0.965, [0.5])[0], choose_weights(scan, 0.965, [7.5])[0]]
+
+
+def test_several_calibration_seeds_are_pooled_relative_to_each_seeds_standard() -> None:
+    from eval.calibrate import pooled_scan
+
+    rows = [{"seed": 100, "defense": "Standard", "weight": 0.0, "clean_acc": 0.96},
+            {"seed": 101, "defense": "Standard", "weight": 0.0, "clean_acc": 0.98},
+            {"seed": 100, "defense": "FGR", "weight": 10.0, "clean_acc": 0.95},
+            {"seed": 101, "defense": "FGR", "weight": 10.0, "clean_acc": 0.95},
+            {"seed": 100, "defense": "FGR", "weight": 20.0, "clean_acc": 0.90},
+            {"seed": 101, "defense": "IGR", "weight": 20.0, "clean_acc": 0.50}]
+    scan, zero = pooled_scan(rows, "FGR")
+    # drops 1 and 3 points below their own seed's Standard: mean drop 2 below the mean Standard (97%)
+    assert zero == pytest.approx(0.97)
+    assert scan == [(10.0, pytest.approx(0.95)), (20.0, pytest.approx(0.91))]
+    p = load_preset("tiny")
+    seeds, insts, _ = calibration_plan(p, [100, 101])
+    assert seeds == [100, 101] and insts[0].defense == "Standard"
+    with pytest.raises(PresetError, match="calibration.seed: expected an integer or a list of distinct integers"):
+        calibration_plan(p, [100, 100])
+    with pytest.raises(PresetError, match="--seed: expected a calibration seed that the main run does not use"):
+        calibration_plan(p, [100, 0])
+    assert calibration_plan(load_preset("mnist5k"))[0] == [100, 101]
