@@ -27,6 +27,16 @@ Configs and `module:callable` specs are Python code that is imported and run: us
 """
 
 
+_TRAIN_EPILOG = """examples:
+  # FGR+RS on the embedded MNIST-5k (nothing to download), a few minutes on a CPU
+  deform-robust train --defense FGR+RS --weight 5 --epochs 8 --out runs/fgr-rs
+  # continue it after Ctrl-C or a crash (the same options plus --resume), here to more epochs
+  deform-robust train --defense FGR+RS --weight 5 --epochs 10 --out runs/fgr-rs --resume
+  # the paper's FGR on CIFAR-10 (downloaded once into data/) with its lambda and schedule
+  deform-robust train --dataset cifar10 --data-root data --download --model vgg11 --defense FGR --lam 400 --preset paper --out runs/c10-fgr
+"""
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples kept as written, defaults shown."""
 
@@ -44,7 +54,7 @@ def _add_evaluate(sub: Any) -> None:
         description="Clean accuracy, robust accuracy per attack and the worst case over the suite of one "
                     "model on one set of test images (torchattacks_deform.evaluate_robustness).",
         epilog="examples:\n  deform-robust evaluate --model mypkg.nets:make_net --weights net.pt --data test.npz\n"
-               "  deform-robust evaluate --model model.ts --data images/ --eps 0.5 --out out/\n")
+               "  deform-robust evaluate --model model.ts --data images/ --eps 0.5 --out out/ --save-adv out/adv\n")
     e.add_argument("--model", required=True,
                    help="a checkpoint of ours (.pt), a TorchScript file, 'package.module:callable' (with "
                         "--weights), 'robustbench:<name>' with cifar10/cifar100 --data, or "
@@ -60,14 +70,25 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--n", type=int, default=None, help="evaluate N images only (a user's data: drawn evenly over the classes, seeded)")
     e.add_argument("--eps", default="0.5", help="comma-separated flow budgets in pixels (Linf)")
     e.add_argument("--attacks", default="standard",
-                   help="'standard' or 'fast' (FlowAutoAttack's members), or comma-separated flow attacks "
-                        "(FlowFGSM,FlowPGD,StAdv,FlowES)")
+                   help="'standard', 'fast' or 'legacy' (FlowAutoAttack's members), or comma-separated flow "
+                        "attacks (FlowFGSM,FlowPGD,FlowAPGD,FlowAPGDT,StAdv,FlowES)")
     e.add_argument("--cascade", action="store_true",
                    help="run the attacks as a cascade (cheaper; per-attack numbers become cumulative)")
     e.add_argument("--batch-size", type=int, default=256, help="images per batch")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--seed", type=int, default=0, help="seed of the random starts")
-    e.add_argument("--out", default=None, help="also write robustness.json into this folder")
+    e.add_argument("--out", default=None,
+                   help="also write robustness.json (numbers, per-class accuracies, provenance: versions, git "
+                        "revision, the weights file's sha256) and robustness.csv (see --csv) into this folder")
+    e.add_argument("--save-adv", default=None, metavar="DIR",
+                   help="also write the adversarial images into DIR: adversarial_eps<eps>.pt per budget, read by "
+                        "torch.load(path, weights_only=True): labels, per attack its images and fooled mask, "
+                        "the per-example worst case")
+    e.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the CSV to FILE (--out writes it as robustness.csv next to robustness.json): "
+                        "one row per budget and attack, plus clean and worst case; columns model, data, budget, "
+                        "norm, attack, accuracy, correct, n, attacked, fooled, time_s, queries_per_example, "
+                        "per_attack, seed")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_verbose(e, top=False)
 
@@ -92,6 +113,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--n", type=int, default=None, help="override data.n (number of test examples)")
     p.add_argument("--batch-size", type=int, default=None, help="override data.batch_size")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they show only on a terminal anyway)")
 
 
 def _add_zoo(sub: Any) -> None:
@@ -119,6 +142,18 @@ def add_zoo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="override the suite's batch size")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite-stale", action="store_true", help="recompute finished cells whose settings changed")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they show only on a terminal anyway)")
+
+
+def _version() -> str:
+    """The installed distribution's version (no torch import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deform-robust")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,10 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deform-robust", formatter_class=HelpFormatter, epilog=_EPILOG,
                                 description="Adversarial deformations: attack, train and evaluate image classifiers.")
     add_verbose(p, top=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,run,zoo}")
     t = sub.add_parser("train", formatter_class=HelpFormatter, help="train one model with one of the paper's defenses",
                        description="Train a classifier with Standard, IGR, FGR, FGR+RS, AT-FGSM, AT-PGD or "
-                                   "FGR+RS+AT-PGD (same options as `python -m fgr_defense train`).")
+                                   "FGR+RS+AT-PGD (same options as `python -m fgr_defense train`). Ctrl-C writes "
+                                   "a checkpoint after the running step and prints the command that resumes.",
+                       epilog=_TRAIN_EPILOG)
     add_train_arguments(t)
     add_verbose(t, top=False)
     _add_evaluate(sub)
@@ -158,7 +196,7 @@ def _budgets(text: str) -> list[float]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model_spec
+    from .evaluate import check_writable, run_model_spec, write_output
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")
@@ -168,18 +206,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--kwargs: expected a JSON object, got {args.kwargs!r} ({err})") from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"--kwargs: expected a JSON object, got {args.kwargs!r}")
-    text, record = evaluate_model_spec(
+    budgets = _budgets(args.eps)
+    for value, flag, folder in ((args.out, "--out", True), (args.save_adv, "--save-adv", True),
+                                (args.csv, "--csv", False)):
+        if value is not None:  # before the (long) evaluation, not after it
+            check_writable(value, flag, folder)
+    ev = run_model_spec(
         model=args.model, weights=args.weights, kwargs=kwargs, model_dir=args.model_dir,
         threat_model=args.threat_model, data=args.data, data_root=args.data_root, n=args.n,
-        budgets=_budgets(args.eps), attacks=args.attacks, cascade=args.cascade, batch_size=args.batch_size,
-        device=args.device, seed=args.seed, progress=not args.no_progress)
-    print(text)
+        budgets=budgets, attacks=args.attacks, cascade=args.cascade, batch_size=args.batch_size,
+        device=args.device, seed=args.seed, progress=False if args.no_progress else None)
+    print(ev.table())
     if args.out is not None:
         from fgr_defense.checkpoint import atomic_write_text
 
         path = Path(args.out) / "robustness.json"
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-        print(f"wrote {path}")
+        text = json.dumps(ev.record(exclude=args.out), indent=1) + "\n"
+        write_output(path, "--out", lambda: atomic_write_text(path, text))
+        ev.write_csv(path.with_suffix(".csv"), "--out")
+        print(f"wrote {path} and {path.with_suffix('.csv')}")
+    if args.csv is not None:
+        ev.write_csv(args.csv)
+        print(f"wrote {args.csv}")
+    if args.save_adv is not None:
+        for path in ev.write_adversarial(args.save_adv):
+            print(f"wrote {path}")
     return 0
 
 
@@ -190,7 +241,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_config
 
     cfg = override_config(load_config(args.config), n=args.n, batch_size=args.batch_size, device=args.device)
-    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale)
+    results = run_config(cfg, args.out, overwrite_stale=args.overwrite_stale,
+                         progress=False if args.no_progress else None)
     if results is not None:
         print(summary_table(results))
         print(f"wrote {Path(args.out) / 'results.json'}, results.csv and worst_case.csv")
@@ -201,27 +253,32 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     from .zoo import run_zoo_command
 
     _, _, paths = run_zoo_command(args.dataset, args.threat_model, args.models, args.model_dir, args.data_root,
-                                  args.suite, args.out, args.n, args.batch_size, args.device, args.overwrite_stale)
+                                  args.suite, args.out, args.n, args.batch_size, args.device, args.overwrite_stale,
+                                  progress=False if args.no_progress else None)
     for path in paths:
         print(f"wrote {path}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    """Entry point of the console script; returns the exit status (0 ok, 1 failed, 2 bad input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         from fgr_defense.cli import run_train
 
-        return int(run_train(args, prog="deform-robust train"))
+        return int(run_train(args, prog="deform-robust train", argv=argv))
     handlers = {"evaluate": _cmd_evaluate, "run": _cmd_run, "zoo": _cmd_zoo}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else 1
+    except KeyboardInterrupt:
+        kept = ("; the finished cells are kept: the same command resumes" if args.command in ("run", "zoo") else "")
+        print(f"interrupted{kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

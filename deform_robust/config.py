@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from fgr_defense.constants import DATASETS, PIPELINES
 from torchattacks_deform.validation import MAX_BUDGET, check_number
@@ -307,8 +308,12 @@ def _parse_model(d: Any, i: int, data: DataConfig, check_files: bool) -> ModelCo
         if rb_dataset != data.dataset:
             raise _fail(f"{key}.dataset", f"RobustBench dataset {rb_dataset!r} does not match "
                         f"data.dataset {data.dataset!r}")
-    elif d.get("obj") is None:
-        raise _fail(f"{key}.obj", "source 'object' needs an nn.Module in 'obj' (Python API only)")
+    elif not isinstance(d.get("obj"), nn.Module):
+        obj = d.get("obj")
+        got = "nothing" if obj is None else f"{type(obj).__name__} {obj!r}"[:120]
+        raise _fail(f"{key}.obj", f"source 'object' expects an nn.Module object in 'obj' (Python API only), "
+                    f"got {got}; for a 'module:callable' use source: callable with callable: "
+                    "'package.module:callable'")
     if source not in ("checkpoint", "torchscript") and d.get("path") is not None:
         raise _fail(f"{key}.path", f"only used with source 'checkpoint' or 'torchscript', not {source!r}")
     return ModelConfig(name=name, source=source, defense=defense, group=group, path=path, callable=callable_,

@@ -20,6 +20,8 @@ Convention:
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 from fgr_defense.constants import DATASETS
-from fgr_defense.data import get_dataset
+from fgr_defense.data import LAYOUT, DatasetUnreadableError, get_dataset
 from torchattacks_deform.validation import check_images, check_labels
 
 __all__ = ["TestData", "images_from_array", "load_test_data", "stratified_subset"]
@@ -63,8 +65,16 @@ class TestData:
         return int(c), int(h), int(w)
 
 
+#: Channel counts of images: an array ``(N, H, W, C)`` with such a last axis (and no such second
+#: axis) is channels-last, as numpy and PIL write images, and is transposed.
+_CHANNELS = (1, 3, 4)
+
+
 def images_from_array(array: Any, name: str = "images") -> Tensor:
-    """A float32 tensor in ``[0, 1]`` from a tensor or numpy array (uint8 divided by 255).
+    """A float32 ``(N, C, H, W)`` tensor in ``[0, 1]`` from a tensor or numpy array (uint8 divided by 255).
+
+    Channels-last arrays ``(N, H, W, C)`` with 1, 3 or 4 channels (and a second axis that is not
+    a channel count) are transposed, with an INFO log line.
 
     Raises:
         TypeError: not an array, or a dtype that is neither uint8 nor floating point.
@@ -73,6 +83,8 @@ def images_from_array(array: Any, name: str = "images") -> Tensor:
     Example:
         >>> images_from_array(np.full((1, 1, 2, 2), 255, dtype=np.uint8)).max().item()
         1.0
+        >>> images_from_array(np.zeros((2, 32, 32, 3), dtype=np.uint8)).shape
+        torch.Size([2, 3, 32, 32])
     """
     if isinstance(array, np.ndarray):
         if array.dtype == np.uint8:
@@ -88,6 +100,10 @@ def images_from_array(array: Any, name: str = "images") -> Tensor:
         tensor = tensor.float().contiguous()
     else:
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(array).__name__}")
+    if tensor.dim() == 4 and tensor.shape[1] not in _CHANNELS and tensor.shape[3] in _CHANNELS:
+        logger.info("%s of shape %s read as channels-last (N, H, W, C): transposed to (N, C, H, W)", name,
+                    tuple(tensor.shape))
+        tensor = tensor.permute(0, 3, 1, 2).contiguous()
     check_images(tensor, name)
     return tensor
 
@@ -125,6 +141,12 @@ def _from_file(path: Path) -> tuple[Tensor, Tensor, int | None]:
                 images, labels = np.asarray(images), np.asarray(labels)
         else:
             images, labels = _pick(torch.load(path, map_location="cpu", weights_only=True), path)
+    except pickle.UnpicklingError as err:  # a pickle of other objects than tensors: weights_only refuses it
+        held = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it holds a pickled {held.group(1)}" if held else "it holds pickled Python objects"
+        raise ValueError(f"--data (data.dataset in a config): {str(path)!r} is not a tensor file of images and "
+                         f"labels: {what}, which torch.load(weights_only=True) refuses to unpickle; save plain "
+                         "tensors, e.g. torch.save({'images': x, 'labels': y}, path), or an .npz") from None
     except (OSError, EOFError, RuntimeError, ValueError, KeyError) as err:
         if isinstance(err, ValueError) and str(err).startswith("data:"):
             raise
@@ -213,15 +235,21 @@ def load_test_data(source: str, root: str | None = None, n: int | None = None,
     if source in DATASETS:
         try:
             ds = get_dataset(source, train=False, root=root, limit=n, pipeline=pipeline)
-        except (FileNotFoundError, ValueError) as err:
+        except DatasetUnreadableError as err:  # the folder is there but broken: not a "not found"
+            raise ValueError(f"data: {err}") from None
+        except (FileNotFoundError, ValueError):
             if source == "mnist5k":
                 raise
+            # Not get_dataset's own message: it names the train command's --download, which the harness lacks.
             cls = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}[source]
+            where = (f"is not under data root {root!r} (expected {root}/{LAYOUT[source]})" if root is not None
+                     else "loads from a local torchvision folder, and no data root was given (--data-root DIR, "
+                          "or data.root in a config)")
             raise FileNotFoundError(
-                f"data: the {source!r} test set is not under data root {root!r}. The harness never downloads; "
+                f"data: the {source!r} test set {where}. The harness never downloads; "
                 f"copy it there in torchvision's layout, or fetch it once with: python -c \"import torchvision; "
                 f"torchvision.datasets.{cls}({(root or 'data')!r}, train=False, download=True)\" "
-                f"(then pass that folder as the data root). ({str(err).splitlines()[0]})") from None
+                f"(then pass that folder as the data root).") from None
         tensors = getattr(ds, "tensors", None)
         if tensors is not None:
             images, labels = tensors[0], tensors[1]

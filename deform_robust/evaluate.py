@@ -1,31 +1,45 @@
 """``deform-robust evaluate``: one model given on the command line, one set of test images.
 
-:func:`load_model_spec` turns a model spec into a module; :func:`evaluate_model_spec` runs
-:func:`torchattacks_deform.evaluate_robustness` at each budget and formats the numbers.
+:func:`load_model_spec` turns a model spec into a module; :func:`run_model_spec` runs
+:func:`torchattacks_deform.evaluate_robustness` at each budget (a :class:`SpecEvaluation`:
+the text table, the JSON record with its provenance, CSV rows and the adversarial images);
+:func:`evaluate_model_spec` returns the table and the record. :func:`check_writable` checks
+an output destination before the evaluation starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from fgr_defense.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint
+from fgr_defense.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_from_checkpoint
 from fgr_defense.device import resolve_device
-from torchattacks_deform import evaluate_robustness
+from torchattacks_deform import RobustnessReport, evaluate_robustness
 
 from .config import ConfigError, DataConfig, EvalConfig
 from .data import load_test_data
 from .models import import_callable, load_state_dict_file
+from .provenance import provenance
 from .registry import resolve_attack
-from .robustbench import ROBUSTBENCH_DATASETS, load_robustbench_model
+from .results import write_csv
+from .robustbench import ROBUSTBENCH_DATASETS, expected_weight_files, load_robustbench_model
 
-__all__ = ["evaluate_model_spec", "load_model_spec", "override_config"]
+__all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "SpecEvaluation", "check_writable", "evaluate_model_spec",
+           "load_model_spec", "override_config", "run_model_spec", "weights_files", "write_output"]
+
+#: Format name of the ``adversarial_eps<eps>.pt`` files of ``evaluate --save-adv``.
+ADVERSARIAL_FORMAT = "deform-robust-adversarial/1"
+#: Columns of the ``evaluate --csv`` file: one row per budget and attack, plus clean and worst case.
+CSV_COLUMNS = ["model", "data", "budget", "norm", "attack", "accuracy", "correct", "n", "attacked", "fooled",
+               "time_s", "queries_per_example", "per_attack", "seed"]
 
 
 def _our_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -86,8 +100,87 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
     return model.eval()
 
 
+def weights_files(spec: str, weights: str | None = None, model_dir: str = "models", threat_model: str = "Linf",
+                  dataset: str | None = None) -> list[Path]:
+    """The weights or checkpoint file(s) :func:`load_model_spec` reads for a spec (none for a bare callable).
+
+    Example:
+        >>> [p.name for p in weights_files("mypkg.nets:Net", weights="net.pt")], weights_files("mypkg.nets:Net")
+        (['net.pt'], [])
+    """
+    if spec.startswith("robustbench:"):
+        zoo, _, name = spec.split(":", 1)[1].rpartition("/")
+        zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
+        return expected_weight_files(name, zoo, threat_model, model_dir)
+    if Path(spec).is_file():
+        return [Path(spec)]
+    return [Path(weights)] if weights is not None else []
+
+
+def check_writable(path: str | Path, flag: str, folder: bool) -> None:
+    """Check, before any work, that ``path`` (a folder to write into, or a file) can be written.
+
+    A missing folder is fine when its nearest existing parent is a writable folder (it is
+    created when written). Nothing is left behind.
+
+    Raises:
+        ValueError: one line naming ``flag``, what was expected and what is there.
+
+    Example:
+        >>> import tempfile
+        >>> base = Path(tempfile.mkdtemp())
+        >>> check_writable(base / "new" / "sub", "--out", folder=True)
+        >>> _ = (base / "f").write_text("x")
+        >>> check_writable(base / "f" / "sub", "--out", folder=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: --out: expected a folder to write into, got ... (... is a file, not a folder)
+    """
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{flag}: expected a folder to write into, got the file {str(p)!r}")
+    if not folder and p.is_dir():
+        raise ValueError(f"{flag}: expected a file to write, got the folder {str(p)!r}")
+    existing = p if folder else p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: expected a folder to write into, got {str(p)!r} ({str(existing)!r} is a file, "
+                         "not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deform-robust-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+        if not folder and p.exists():
+            with open(p, "ab"):
+                pass
+    except OSError as err:
+        raise ValueError(f"{flag}: expected a writable destination, got {str(p)!r} "
+                         f"({err.strerror or type(err).__name__})") from None
+
+
+def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> None:
+    """Call ``write()``; an ``OSError`` (read-only, full disk, ...) becomes one line naming ``flag``.
+
+    Raises:
+        RuntimeError: ``"<flag>: could not write '<path>' (<reason>)"``.
+
+    Example:
+        >>> def full() -> None:
+        ...     raise OSError(28, "No space left on device")
+        >>> write_output("out/robustness.json", "--out", full)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: --out: could not write 'out/robustness.json' (No space left on device)
+    """
+    try:
+        write()
+    except OSError as err:
+        raise RuntimeError(f"{flag}: could not write {str(path)!r} ({err.strerror or err})") from None
+
+
 def _attacks(name: str, model: nn.Module, eps: float) -> Any:
-    if name in ("standard", "fast"):
+    if name in ("standard", "fast", "legacy"):
         return name
     attacks = {}
     for family in (s.strip() for s in name.split(",") if s.strip()):
@@ -96,38 +189,149 @@ def _attacks(name: str, model: nn.Module, eps: float) -> Any:
         except ValueError as err:
             raise ValueError(f"--attacks: {err}") from None
     if not attacks:
-        raise ValueError(f"--attacks: expected 'standard', 'fast' or attack names, got {name!r}")
+        raise ValueError(f"--attacks: expected 'standard', 'fast', 'legacy' or attack names, got {name!r}")
     return attacks
 
 
-def evaluate_model_spec(*, model: str, data: str, budgets: Sequence[float], weights: str | None = None,
-                        kwargs: dict[str, Any] | None = None, model_dir: str = "models", threat_model: str = "Linf",
-                        data_root: str | None = None, n: int | None = None, attacks: str = "standard",
-                        cascade: bool = False, batch_size: int = 256, device: str = "auto", seed: int = 0,
-                        progress: bool = True) -> tuple[str, dict[str, Any]]:
-    """Evaluate a model spec on test data at each budget; returns ``(text table, JSON record)``."""
+@dataclasses.dataclass
+class SpecEvaluation:
+    """What :func:`run_model_spec` found: one report per budget, and what to write from them.
+
+    Attributes:
+        model, source, attacks, cascade, seed: the settings (``source``: the data's name).
+        reports: one :class:`~torchattacks_deform.RobustnessReport` per budget, in order.
+        weights: the weights or checkpoint file(s) the model was loaded from.
+    """
+
+    model: str
+    source: str
+    attacks: str
+    cascade: bool
+    seed: int
+    reports: list[RobustnessReport]
+    weights: list[Path] = dataclasses.field(default_factory=list)
+
+    def table(self) -> str:
+        """The text table: one row per budget (clean, each attack, worst case, in %)."""
+        reports = self.reports
+        names = list(reports[0].robust_accuracy)
+        header = ["budget (px)", "clean %", *[f"{a} %" for a in names], "worst case %"]
+        rows = [[f"{r.eps:g}", f"{100 * r.clean_accuracy:.2f}",
+                 *[f"{100 * r.robust_accuracy[a]:.2f}" for a in names], f"{100 * r.worst_case_accuracy:.2f}"]
+                for r in reports]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        lines = [f"{self.model} on {self.source}: n = {reports[0].n}, attacks {self.attacks}"
+                 + (" (cascade: per-attack numbers are cumulative)" if self.cascade else ""),
+                 "  ".join(h.rjust(w) for h, w in zip(header, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+        return "\n".join(lines)
+
+    def record(self, exclude: str | Path | None = None) -> dict[str, Any]:
+        """The JSON record (``robustness.json``), with its ``provenance`` (``exclude``: see
+        :func:`~deform_robust.provenance.provenance`; ``weights_sha256`` a hex string for one
+        weights file, a list for several, None for none)."""
+        return {"model": self.model, "data": self.source, "n": self.reports[0].n, "attacks": self.attacks,
+                "seed": self.seed, "per_class": self.per_class(),
+                "results": [json.loads(json.dumps(r.to_dict(), default=str)) for r in self.reports],
+                "provenance": provenance(weights=self.weights[0] if len(self.weights) == 1 else self.weights or None,
+                                         exclude=exclude)}
+
+    def per_class(self) -> dict[str, dict[str, Any]]:
+        """Per class (index as a string): ``n``, ``clean_accuracy`` and ``worst_case_accuracy`` per budget."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.reports:
+            for c, v in r.per_class.items():
+                entry = out.setdefault(str(c), {"n": v["n"], "clean_accuracy": v["clean_accuracy"],
+                                                "worst_case_accuracy": {}})
+                entry["worst_case_accuracy"][f"{r.eps:g}"] = v["worst_case_accuracy"]
+        return out
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """One row per budget and attack, plus ``clean`` and ``worst case`` rows (:data:`CSV_COLUMNS`)."""
+        rows: list[dict[str, Any]] = []
+        for r in self.reports:
+            base = {"model": self.model, "data": self.source, "budget": r.eps, "norm": r.norm, "n": r.n,
+                    "per_attack": r.per_attack, "seed": self.seed}
+            rows.append({**base, "attack": "clean", "accuracy": r.clean_accuracy,
+                         "correct": int(r.clean_correct.sum())})
+            for name, acc in r.robust_accuracy.items():
+                rows.append({**base, "attack": name, "accuracy": acc, "correct": round(acc * r.n),
+                             "attacked": r.attacked.get(name), "fooled": int(r.success[name].sum()),
+                             "time_s": r.time_s.get(name), "queries_per_example": r.queries.get(name)})
+            rows.append({**base, "attack": "worst case", "accuracy": r.worst_case_accuracy,
+                         "correct": int(r.robust.sum())})
+        return rows
+
+    def adversarial_files(self, folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+        """Per budget, ``(folder / "adversarial_eps<eps>.pt", contents)``: tensors, names and numbers only
+        (``torch.load(path, weights_only=True)`` reads it back).
+
+        Contents: ``format``, ``model``, ``data``, ``eps``, ``norm``, ``attacks`` (names, in
+        order), ``labels`` ``(N,)``, ``clean_correct`` ``(N,)`` bool, ``adversarial`` (name ->
+        ``(N, C, H, W)`` images, see :meth:`RobustnessReport.adversarial`), ``fooled`` (name
+        -> ``(N,)`` bool), ``worst_case`` ``(N, C, H, W)`` (per example the first successful
+        attack's image, else the clean image) and ``robust`` ``(N,)`` bool.
+        """
+        out = []
+        for r in self.reports:
+            contents = {"format": ADVERSARIAL_FORMAT, "model": self.model, "data": self.source, "eps": r.eps,
+                        "norm": r.norm, "attacks": list(r.robust_accuracy), "labels": r.labels,
+                        "clean_correct": r.clean_correct, "adversarial": r.adv_images,
+                        "fooled": dict(r.success), "worst_case": r.adversarial("worst"), "robust": r.robust}
+            out.append((Path(folder) / f"adversarial_eps{r.eps:g}.pt", contents))
+        return out
+
+    def write_adversarial(self, folder: str | Path, flag: str = "--save-adv") -> list[Path]:
+        """Write :meth:`adversarial_files` (one budget in memory at a time); returns the paths.
+
+        Raises:
+            RuntimeError: a file could not be written (one line naming ``flag``).
+        """
+        paths = []
+        for r in self.reports:
+            one = dataclasses.replace(self, reports=[r])
+            ((path, contents),) = one.adversarial_files(folder)
+            write_output(path, flag, lambda: atomic_save(contents, path))  # noqa: B023 - called at once
+            paths.append(path)
+        return paths
+
+    def write_csv(self, path: str | Path, flag: str = "--csv") -> None:
+        """Write :meth:`csv_rows` to ``path`` (atomically).
+
+        Raises:
+            RuntimeError: the file could not be written (one line naming ``flag``).
+        """
+        write_output(path, flag, lambda: write_csv(Path(path), self.csv_rows(), CSV_COLUMNS))
+
+
+def run_model_spec(*, model: str, data: str, budgets: Sequence[float], weights: str | None = None,
+                   kwargs: dict[str, Any] | None = None, model_dir: str = "models", threat_model: str = "Linf",
+                   data_root: str | None = None, n: int | None = None, attacks: str = "standard",
+                   cascade: bool = False, batch_size: int = 256, device: str = "auto", seed: int = 0,
+                   progress: bool | None = None) -> SpecEvaluation:
+    """Evaluate a model spec on test data at each budget, each from ``seed`` (the caller's RNG is untouched).
+
+    Example:
+        >>> ev = run_model_spec(model="fgr_defense.models:SmallCNN", kwargs={"width": 4}, data="mnist5k", n=4,
+        ...                     budgets=[0.5], attacks="FlowFGSM", progress=False, device="cpu")
+        >>> [row["attack"] for row in ev.csv_rows()], ev.record()["provenance"]["package"]
+        (['clean', 'FlowFGSM', 'worst case'], 'deform-robust')
+    """
     test = load_test_data(data, data_root, n)
     net = load_model_spec(model, weights, kwargs, model_dir, threat_model, dataset=data)
     dev = resolve_device(device)
     net = net.to(dev)
-    reports = []
-    for eps in budgets:
-        torch.manual_seed(seed)
-        reports.append(evaluate_robustness(net, test.images, test.labels, eps=eps,
-                                           attacks=_attacks(attacks, net, eps), cascade=cascade,
-                                           batch_size=batch_size, device=dev, progress=progress))
-    names = list(reports[0].robust_accuracy)
-    header = ["budget (px)", "clean %", *[f"{a} %" for a in names], "worst case %"]
-    rows = [[f"{r.eps:g}", f"{100 * r.clean_accuracy:.2f}", *[f"{100 * r.robust_accuracy[a]:.2f}" for a in names],
-             f"{100 * r.worst_case_accuracy:.2f}"] for r in reports]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = [f"{model} on {test.source}: n = {len(test.labels)}, attacks {attacks}"
-             + (" (cascade: per-attack numbers are cumulative)" if cascade else ""),
-             "  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    record = {"model": model, "data": test.source, "n": len(test.labels), "attacks": attacks, "seed": seed,
-              "results": [json.loads(json.dumps(r.to_dict(), default=str)) for r in reports]}
-    return "\n".join(lines), record
+    reports = [evaluate_robustness(net, test.images, test.labels, eps=eps, attacks=_attacks(attacks, net, eps),
+                                   cascade=cascade, batch_size=batch_size, device=dev, progress=progress, seed=seed)
+               for eps in budgets]
+    return SpecEvaluation(model=model, source=test.source, attacks=attacks, cascade=cascade, seed=seed,
+                          reports=reports, weights=weights_files(model, weights, model_dir, threat_model, data))
+
+
+def evaluate_model_spec(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """:func:`run_model_spec` (same keyword arguments); returns ``(text table, JSON record)``."""
+    ev = run_model_spec(**kwargs)
+    return ev.table(), ev.record()
 
 
 def override_config(cfg: EvalConfig, n: int | None = None, batch_size: int | None = None,

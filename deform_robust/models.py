@@ -20,6 +20,7 @@ from torch import nn
 from fgr_defense.checkpoint import load_model
 
 from .config import ConfigError, ModelConfig
+from .provenance import file_sha256
 from .registry import import_object
 from .robustbench import expected_weight_files, load_robustbench_model
 
@@ -27,15 +28,6 @@ __all__ = ["file_sha256", "import_callable", "load_entry", "load_state_dict_file
            "state_dict_sha256"]
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_sha256(model: nn.Module) -> str:

@@ -2,8 +2,8 @@
 
 A config names an attack by its *family*:
 
-- a flow attack of :mod:`torchattacks_deform`: ``FlowFGSM``, ``FlowPGD``, ``StAdv``, ``FlowES``
-  and the suite ``FlowAutoAttack``. Each class describes itself (``info``: kind, gradient
+- a flow attack of :mod:`torchattacks_deform`: ``FlowFGSM``, ``FlowPGD``, ``FlowAPGD``,
+  ``FlowAPGDT``, ``StAdv``, ``FlowES`` and the suite ``FlowAutoAttack``. Each class describes itself (``info``: kind, gradient
   use, budget argument; ``budget_norm(params)``; ``cost(params)``); the registry only reads
   those attributes. Budgets are flow sizes in **pixels**.
 - any attack class of torchattacks as ``torchattacks.<Name>`` (``torchattacks.PGD``,
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: The flow attacks of torchattacks_deform known by their bare class name.
-FLOW_FAMILIES = ("FlowFGSM", "FlowPGD", "StAdv", "FlowES", "FlowAutoAttack")
+FLOW_FAMILIES = ("FlowFGSM", "FlowPGD", "FlowAPGD", "FlowAPGDT", "StAdv", "FlowES", "FlowAutoAttack")
 #: Parameters the harness consumes itself (module docstring).
 HARNESS_PARAMS = ("alpha_ratio",)
 

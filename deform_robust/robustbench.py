@@ -4,11 +4,11 @@ Quirks hidden here (each is a workaround for the installed third-party versions)
 
 1. ``robustbench/__init__.py`` imports ``robustbench.eval``, which does ``from autoattack import
    AutoAttack`` and ``from autoattack.state import EvaluationState``. The PyPI dependency that
-   robustbench 1.1.1 pulls in installs that code as the module ``pyautoattack``, so
-   ``import robustbench.utils`` fails with ``ModuleNotFoundError: No module named 'autoattack'``.
-   :func:`import_robustbench_utils` registers ``pyautoattack`` (and ``pyautoattack.state``) under
-   the names ``autoattack`` / ``autoattack.state`` in ``sys.modules`` when, and only when, no real
-   ``autoattack`` module can be imported.
+   robustbench 1.1.1 pulls in installs that code as the module ``pyautoattack`` (a fork whose
+   ``run_standard_evaluation`` takes ``batch_size=`` where robustbench passes ``bs=``), so
+   ``import robustbench`` fails with ``ModuleNotFoundError: No module named 'autoattack'``.
+   Importing this module installs the alias of :mod:`deform_robust._autoattack_shim` (the one
+   place for it), so every later ``import robustbench`` works, here or in the user's code.
 2. ``robustbench.loaders`` imports ``pkg_resources`` (setuptools < 81), which warns that it is
    deprecated on import. The warning is silenced around the import only.
 3. ``robustbench.utils.load_model`` downloads from Google Drive (``gdown``) when the weights file is
@@ -30,7 +30,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +37,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from . import _autoattack_shim
+
+_autoattack_shim.install()  # before any robustbench import (quirk 1)
 
 __all__ = [
     "ROBUSTBENCH_DATASETS",
@@ -60,19 +63,7 @@ def import_robustbench_utils() -> ModuleType:
         >>> callable(rbu.load_model)
         True
     """
-    try:
-        importlib.import_module("autoattack")
-    except ImportError:
-        try:
-            pyautoattack = importlib.import_module("pyautoattack")
-            state = importlib.import_module("pyautoattack.state")
-        except ImportError as err:  # pragma: no cover - robustbench's dependency is missing
-            raise ImportError(
-                "robustbench needs the 'autoattack' module (installed as 'pyautoattack' by "
-                "robustbench 1.1.1's dependency); pip install 'deform-robust[robustbench]'"
-            ) from err
-        sys.modules.setdefault("autoattack", pyautoattack)
-        sys.modules.setdefault("autoattack.state", state)
+    _autoattack_shim.install()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -85,6 +76,11 @@ def import_robustbench_utils() -> ModuleType:
                 raise ImportError(
                     "robustbench 1.1.1 imports pkg_resources, which setuptools >= 81 removed: "
                     "pip install 'setuptools<81'"
+                ) from err
+            if err.name in ("autoattack", "robustbench"):  # pragma: no cover - the extra is not installed
+                raise ImportError(
+                    f"robustbench models need the robustbench extra (no module {err.name!r}, nor 'pyautoattack'): "
+                    "pip install 'deform-robust[robustbench]'"
                 ) from err
             raise
 

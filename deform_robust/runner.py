@@ -19,6 +19,7 @@ Distributed:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fgr_defense.checkpoint import atomic_write_text, remove_stale_temporaries
 from fgr_defense.device import resolve_device
@@ -56,6 +58,7 @@ from .checks import (
 from .config import ConfigError, EvalConfig, ModelConfig
 from .data import TestData, load_test_data
 from .models import load_entry, model_fingerprint
+from .provenance import models_weights_sha256, provenance
 from .results import RESULTS_FORMAT, WORST_CASE_RULE, mask_str, worst_case, write_results
 
 __all__ = ["ModelCache", "QueryCounter", "StaleResultsError", "plan_cells", "run_config"]
@@ -205,7 +208,15 @@ def _sizes(delta: Tensor, space: str) -> tuple[Tensor, Tensor]:
     return flat.abs().amax(1).cpu(), flat.norm(dim=1).cpu()
 
 
-def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache) -> dict[str, Any]:
+def _running_robust(robust: Tensor, idx: Tensor, done: int) -> str:
+    """Robust accuracy over all ``n`` examples as the attacked ones so far predict it (the bar's postfix)."""
+    n = len(robust)
+    survived = float(robust[idx[:done]].float().mean()) if done else 1.0
+    return f"robust ~{100 * survived * len(idx) / max(n, 1):.1f}% ({done}/{len(idx)} attacked)"
+
+
+def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache, progress: bool | None = False) -> dict[str, Any]:
+    """One attack cell; ``progress``: a bar over its batches with the running robust accuracy (None: on a terminal)."""
     assert cell.attack is not None
     a = cfg.attack(cell.attack)
     entry = a.resolved
@@ -219,7 +230,10 @@ def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache) -> dict[str, Any
     if cell.budget > 0 and len(idx):
         atk = entry.build(counter, cell.budget, a.params)
         bs = cfg.data.batch_size
-        for b, start in enumerate(range(0, len(idx), bs)):
+        starts = range(0, len(idx), bs)
+        bar = tqdm(total=len(starts), desc=f"{a.name} @ {cell.budget:g}", unit="batch", leave=False,
+                   disable=None if progress is None else not progress, dynamic_ncols=True)
+        for b, start in enumerate(starts):
             sel = idx[start:start + bs]
             x, y = cache.data.images[sel].to(cache.device), cache.data.labels[sel].to(cache.device)
             with torch.random.fork_rng(devices=_rng_devices(cache.device)):
@@ -233,6 +247,9 @@ def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache) -> dict[str, Any
             q = getattr(atk, "last_queries", None)
             if isinstance(q, Tensor):
                 reported.append(q.detach().float().cpu().reshape(-1))
+            bar.set_postfix_str(_running_robust(robust, idx, start + len(sel)), refresh=False)
+            bar.update(1)
+        bar.close()
     lin_all = torch.cat(linf) if linf else torch.zeros(0)
     l2_all = torch.cat(l2) if l2 else torch.zeros(0)
 
@@ -282,7 +299,9 @@ def run_config(
             :class:`StaleResultsError`.
         on_cell_done: called after each finished cell is written (progress hooks, tests).
         data: test data to use instead of loading ``cfg.data`` (Python API).
-        progress: show a progress bar (None: when the output is a terminal).
+        progress: show progress bars (None: when stderr is a terminal): one over the cells (the
+            current model k/N and cell), and one over each attack cell's batches with the running
+            robust accuracy; both with elapsed time and ETA. ``False`` shows none.
 
     Returns:
         The results dict (as written to ``results.json``) on rank 0, None on other ranks.
@@ -358,15 +377,26 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
     cache = ModelCache(cfg, data, device)
     new: list[dict[str, Any]] = []
     bar = tqdm(mine, desc=f"{cfg.name} [rank {rank}]" if world > 1 else cfg.name, unit="cell",
-               disable=None if progress is None else not progress, position=rank)
-    for cell, ident in bar:
-        rec = _run_clean(cfg, cell, cache) if cell.attack is None else _run_attack(cfg, cell, cache)
-        rec.update(key=cell.key, device=str(device), rank=rank, **ident)
-        store.write(rec, cell)
-        new.append(rec)
-        _log_cell(rec)
-        if on_cell_done is not None:
-            on_cell_done(cell, rec)
+               disable=None if progress is None else not progress, position=rank, dynamic_ncols=True)
+    batches = progress if world == 1 else False  # the nested bars of several ranks would overwrite each other
+    names = [m.name for m in cfg.models]
+    current: str | None = None
+    with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():  # log lines above the bars
+        for cell, ident in bar:
+            k = names.index(cell.model) + 1
+            if cell.model != current:
+                current = cell.model
+                logger.info("model %d/%d: %s (%d cell(s) to run)", k, len(names), cell.model,
+                            sum(c.model == cell.model for c, _ in mine))
+            bar.set_postfix_str(f"model {k}/{len(names)}: {cell.label}")
+            rec = (_run_clean(cfg, cell, cache) if cell.attack is None
+                   else _run_attack(cfg, cell, cache, progress=batches))
+            rec.update(key=cell.key, device=str(device), rank=rank, **ident)
+            store.write(rec, cell)
+            new.append(rec)
+            _log_cell(rec)
+            if on_cell_done is not None:
+                on_cell_done(cell, rec)
     bar.close()
     if world > 1:
         import torch.distributed as dist
@@ -384,6 +414,7 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
     else:
         done.update({r["key"]: r for r in new})
     results = assemble(cfg, [done[c.key] for c in cells], data, device=str(device))
+    results["provenance"] = provenance(weights_sha256=models_weights_sha256(results["models"]), exclude=out)
     write_results(results, out)
     return results
 

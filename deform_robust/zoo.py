@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from fgr_defense.checkpoint import atomic_write_text
 
 from .config import EvalConfig, parse_config, read_yaml
+from .provenance import provenance
 from .runner import run_config
 
 __all__ = ["DEFAULT_SUITE", "run_zoo", "run_zoo_command", "zoo_config", "zoo_record"]
@@ -60,7 +61,11 @@ def zoo_config(
 
 
 def zoo_record(results: dict[str, Any], model: str) -> dict[str, Any]:
-    """One RobustBench ``model_info``-style record of a model from full results."""
+    """One RobustBench ``model_info``-style record of a model from full results.
+
+    ``provenance`` is the run's (:func:`deform_robust.provenance.provenance`; computed now for
+    results without one) with this model's ``weights_sha256``.
+    """
     cfg = results["config"]
     m = next(x for x in results["models"] if x["name"] == model)
     deform: dict[str, dict[str, float]] = {}
@@ -93,6 +98,8 @@ def zoo_record(results: dict[str, Any], model: str) -> dict[str, Any]:
             "seed": cfg["seed"],
         },
         "weights_sha256": m.get("fingerprint", {}).get("sha256"),
+        "provenance": {**(results.get("provenance") or provenance()),
+                       "weights_sha256": m.get("fingerprint", {}).get("sha256")},
     }
 
 
@@ -118,8 +125,10 @@ def run_zoo(cfg: EvalConfig, out: str | Path, **run_kwargs: Any) -> list[Path]:
 def run_zoo_command(dataset: str, threat_model: str, models: str, model_dir: str, data_root: str | None,
                     suite: str | None = None, out: str | None = None, n: int | None = None,
                     batch_size: int | None = None, device: str | None = None,
-                    overwrite_stale: bool = False) -> tuple[EvalConfig, Path, list[Path]]:
+                    overwrite_stale: bool = False, progress: bool | None = None) -> tuple[EvalConfig, Path, list[Path]]:
     """What ``zoo`` does on the command line: read the suite, build the config, run it; ``(cfg, out, records)``.
+
+    ``progress``: progress bars (None: when stderr is a terminal), as :func:`~deform_robust.runner.run_config`.
 
     Raises:
         FileNotFoundError: no suite file, or missing weights/data (named).
@@ -135,4 +144,4 @@ def run_zoo_command(dataset: str, threat_model: str, models: str, model_dir: str
     cfg = zoo_config(dataset, threat_model, names, model_dir, raw, data_root=data_root, n=n, batch_size=batch_size,
                      device=device)
     folder = Path(out or f"results/zoo-{dataset}-{threat_model}")
-    return cfg, folder, run_zoo(cfg, folder, overwrite_stale=overwrite_stale)
+    return cfg, folder, run_zoo(cfg, folder, overwrite_stale=overwrite_stale, progress=progress)

@@ -102,7 +102,7 @@ def pooled_scan(rows: Sequence[Mapping[str, Any]], family: str) -> tuple[list[tu
         ...         {"seed": 2, "defense": "F", "weight": 2.0, "clean_acc": 0.92}]
         >>> scan, zero = pooled_scan(rows, "F")
         >>> [(w, round(c, 6)) for w, c in scan], round(zero, 6)
-        ([(2.0, 0.92)], 0.97)
+        ([(2.0, 0.93)], 0.97)
     """
     zeros = {r["seed"]: float(r["clean_acc"]) for r in rows if float(r["weight"]) == 0.0}
     zero = sum(zeros.values()) / len(zeros)
@@ -211,7 +211,7 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
                     progress: bool = True) -> dict[str, Any]:
     """Train the scan on the calibration seeds, choose the grids, write the outputs; returns the JSON dict."""
     from fgr_defense.device import resolve_device
-    from fgr_defense.naming import slugify
+    from fgr_defense.naming import file_slug
     from fgr_defense.spec import train_from_spec
 
     from .pipeline import instance_spec
@@ -227,7 +227,7 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
     for k, (s, inst) in enumerate(bar, 1):
         bar.set_postfix_str(f"model {k}/{len(jobs)}: seed {s} {inst.name}")
         spec = dataclasses.replace(instance_spec(p, inst, s), device=str(dev))
-        res = train_from_spec(spec, out / "cache" / f"seed{s}" / slugify(inst.name), mode="auto")
+        res = train_from_spec(spec, out / "cache" / f"seed{s}" / file_slug(inst.name), mode="auto")
         clean = res.history[-1].get("val_acc") if res.history else None
         if clean is None:
             raise RuntimeError(f"{inst.name}: training kept no test accuracy; calibration needs validation")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deform_robust.config import EvalConfig, parse_config
 from deform_robust.data import load_test_data
 from deform_robust.runner import run_config
 from fgr_defense.constants import DATASETS
 from fgr_defense.device import resolve_device
-from fgr_defense.naming import slugify
+from fgr_defense.naming import file_slug
 from fgr_defense.presets import paper_weight
 from fgr_defense.spec import TrainSpec, train_from_spec
 
@@ -135,18 +137,19 @@ def _weight(spec: TrainSpec) -> float | None:
 def _train_all(p: Preset, cache: Path, device: str, progress: bool) -> list[dict[str, Any]]:
     jobs = list(train_specs(p).items())
     trained = []
-    bar = tqdm(jobs, desc=f"{p.name}: train", unit="model", disable=None if progress else True)
-    for (seed, inst), spec in bar:
-        bar.set_postfix_str(f"{inst.name} seed {seed}")
-        res = train_from_spec(dataclasses.replace(spec, device=device), cache / f"seed{seed}" / slugify(inst.name),
-                              mode="auto")
-        last = res.history[-1] if res.history else {}
-        trained.append({"seed": seed, "model": inst.name, "defense": inst.defense, "spec": spec.to_dict(),
-                        "weight": _weight(spec), "path": str(res.checkpoint), "train_s": res.train_s,
-                        "cached": res.cached, "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-                        "epochs": len(res.history)})
-        logger.info("%s seed %d: %s (%s)", inst.name, seed, res.checkpoint,
-                    "cached" if res.cached else f"{res.wall_s:.0f}s")
+    bar = tqdm(jobs, desc=f"{p.name}: train", unit="model", disable=None if progress else True, dynamic_ncols=True)
+    with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():  # log lines above the bar
+        for k, ((seed, inst), spec) in enumerate(bar, 1):
+            bar.set_postfix_str(f"model {k}/{len(jobs)}: {inst.name} seed {seed}")
+            res = train_from_spec(dataclasses.replace(spec, device=device), cache / f"seed{seed}" / file_slug(inst.name),
+                                  mode="auto")
+            last = res.history[-1] if res.history else {}
+            trained.append({"seed": seed, "model": inst.name, "defense": inst.defense, "spec": spec.to_dict(),
+                            "weight": _weight(spec), "path": str(res.checkpoint), "train_s": res.train_s,
+                            "cached": res.cached, "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
+                            "epochs": len(res.history)})
+            logger.info("train model %d/%d: %s seed %d: %s (%s)", k, len(jobs), inst.name, seed, res.checkpoint,
+                        "cached" if res.cached else f"{res.wall_s:.0f}s")
     bar.close()
     return trained
 
@@ -184,8 +187,12 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     cfgs = {seed: eval_config(p, seed, _models(p, trained, seed), str(dev)) for seed in p.seeds}
     d = cfgs[p.main_seed].data  # the preset's one data section: loaded once for every seed and the figures
     data = load_test_data(d.dataset, d.root, d.n, d.pipeline)
-    for seed, cfg in cfgs.items():
-        res = run_config(cfg, cache / "eval" / f"seed{seed}", overwrite_stale=True, data=data, progress=progress)
+    first = 1
+    for seed, cfg in cfgs.items():  # the runner's bar and log count the models of the seed: "model k/N"
+        logger.info("evaluate models %d-%d of %d (seed %d)", first, first + len(cfg.models) - 1, len(trained), seed)
+        first += len(cfg.models)
+        res = run_config(cfg, cache / "eval" / f"seed{seed}", overwrite_stale=True, data=data,
+                         progress=None if progress else False)
         assert res is not None  # a single process
         runs[seed] = res
     analysis = None

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from deform_robust.config import AttackConfig, EvalConfig
 from deform_robust.data import TestData
 from deform_robust.runner import ModelCache
-from fgr_defense.naming import slugify
+from fgr_defense.naming import file_slug
 
 from .figures import save_figure
 from .stats import representatives
@@ -68,7 +68,7 @@ def budget_plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        files.append(save_figure(fig, out / f"robust_vs_budget_{slugify(a['name'])}.png"))
+        files.append(save_figure(fig, out / f"robust_vs_budget_{file_slug(a['name'])}.png"))
     return files
 
 
@@ -237,4 +237,4 @@ def _samples(model: nn.Module, cfg: EvalConfig, x: Tensor, y: Tensor, name: str,
             ax.set_yticks([])
     fig.suptitle(f"{name}: clean, adversarial (prediction) and flow", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, out / f"samples_{slugify(name)}.png")
+    return save_figure(fig, out / f"samples_{file_slug(name)}.png")

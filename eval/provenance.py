@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from deform_robust.provenance import git_revision  # one home for the rule (the installed package's)
 
 __all__ = ["ROOT", "code_fingerprint", "git_revision", "machine"]
 
@@ -20,29 +21,6 @@ __all__ = ["ROOT", "code_fingerprint", "git_revision", "machine"]
 ROOT = Path(__file__).resolve().parent.parent
 #: The sources whose bytes make up :func:`code_fingerprint`.
 CODE_DIRS = ("eval", "fgr_defense", "torchattacks_deform", "deform_robust")
-
-
-def git_revision(root: str | Path = ROOT, exclude: str | Path | None = None) -> str:
-    """``git rev-parse --short HEAD``, plus ``+dirty`` when tracked or untracked files differ.
-
-    ``exclude`` (e.g. the output folder) is left out of the dirty check; ``"unknown"``
-    outside a git checkout.
-    """
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=30).stdout.strip()
-        spec = ["--", "."]
-        if exclude is not None:
-            try:
-                rel = Path(exclude).resolve().relative_to(Path(root).resolve())
-                spec.append(f":(exclude){rel.as_posix()}")
-            except ValueError:
-                pass  # outside the repository: nothing to exclude
-        status = subprocess.run(["git", "status", "--porcelain", *spec], cwd=root, capture_output=True,
-                                text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if status.strip() else "")
 
 
 def code_fingerprint(root: str | Path = ROOT) -> str:

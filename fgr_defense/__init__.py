@@ -37,7 +37,7 @@ _LAZY: dict[str, str] = {
     "paper_lambda_to_weight": "regularizers", "paper_sigma_to_pixels": "regularizers",
     "per_example_cross_entropy": "regularizers",
     "TrainResult": "spec", "TrainSpec": "spec", "train_from_spec": "spec",
-    "NonFiniteLossError": "trainer", "Trainer": "trainer",
+    "NonFiniteLossError": "trainer", "Trainer": "trainer", "TrainingInterrupted": "trainer",
     "Additive": "transforms", "Affine": "transforms", "Flow": "transforms", "MaskedAdditive": "transforms",
     "Multiplicative": "transforms", "Transform": "transforms", "affine_flow": "transforms",
 }
@@ -45,8 +45,8 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Additive", "Affine", "DEFENSES", "Defense", "FGR", "Flow", "GradientRegularizer", "IGR",
     "MaskedAdditive", "Multiplicative", "NonFiniteLossError", "PAPER_LAMBDAS", "RegularizerOutput",
-    "Schedule", "SmallCNN", "TrainResult", "TrainSpec", "Trainer", "Transform", "affine_flow",
-    "build_defense", "build_model", "dataset_info", "default_out_dir", "derive_seed", "get_dataset",
+    "Schedule", "SmallCNN", "TrainResult", "TrainSpec", "Trainer", "TrainingInterrupted", "Transform",
+    "affine_flow", "build_defense", "build_model", "dataset_info", "default_out_dir", "derive_seed", "get_dataset",
     "get_schedule", "gradient_penalty", "load_checkpoint", "load_mnist5k", "load_model",
     "paper_lambda_to_weight", "paper_sigma_to_pixels", "per_example_cross_entropy", "resnet18",
     "resolve_defense_name", "resolve_device", "save_model", "slugify", "train_from_spec", "vgg11",
@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on 
         per_example_cross_entropy,
     )
     from .spec import TrainResult, TrainSpec, train_from_spec
-    from .trainer import NonFiniteLossError, Trainer
+    from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
     from .transforms import (
         Additive,
         Affine,

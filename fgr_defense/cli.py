@@ -7,7 +7,9 @@ mount the same sub-command with :func:`add_train_arguments` and :func:`run_train
 
 Writes ``OUT/model.pt`` (checkpoint, see :mod:`fgr_defense.trainer`), ``OUT/log.json`` (metrics
 per epoch), ``OUT/train.log`` and, with ``--keep-best``, ``OUT/best.pt``. Exit status: 0 done,
-1 training/data error (message on stderr), 2 bad arguments (checked before any work).
+1 training/data error (message on stderr), 2 bad arguments (checked before any work), 130
+interrupted with Ctrl-C (``model.pt`` is written after the running step; the message gives the
+command that resumes).
 
 Example:
     >>> parser = build_parser()
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import Any, Sequence
 
 from .constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
 
-__all__ = ["EXAMPLES", "add_train_arguments", "build_parser", "main", "run_train", "spec_from_args", "train_from_args"]
+__all__ = ["EXAMPLES", "add_train_arguments", "build_parser", "main", "resume_command", "run_train", "spec_from_args",
+           "train_from_args"]
 
 logger = logging.getLogger("fgr_defense")
 
@@ -210,11 +214,44 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.getLogger("fgr_defense").setLevel(level)
 
 
-def run_train(args: argparse.Namespace, prog: str = f"{PROG} train") -> int:
+def resume_command(prog: str, argv: Sequence[str] | None = None) -> str:
+    """The command line that resumes a run: ``prog``, the options after ``train`` in ``argv``, ``--resume``.
+
+    ``argv`` defaults to ``sys.argv[1:]``; options before the sub-command (``-v``) are dropped.
+
+    Example:
+        >>> resume_command("deform-robust train", ["-v", "train", "--epochs", "3", "--out", "runs/my run"])
+        "deform-robust train --epochs 3 --out 'runs/my run' --resume"
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "train" in words:
+        words = words[words.index("train") + 1:]
+    if "--resume" not in words:
+        words.append("--resume")
+    return f"{prog} {shlex.join(words)}"
+
+
+def _interrupted(err: KeyboardInterrupt, out: Any, prog: str, argv: Sequence[str] | None) -> int:
+    """One line for a Ctrl-C: where the checkpoint is and the command that resumes; exit status 130."""
+    from pathlib import Path
+
+    ckpt = getattr(err, "checkpoint", None)
+    if ckpt is None and (Path(out) / "model.pt").is_file():
+        ckpt = Path(out) / "model.pt"  # interrupted at once (a second Ctrl-C): the last checkpoint written
+    if ckpt is None:
+        sys.stderr.write(f"interrupted before the first checkpoint was written to {out}; nothing to resume\n")
+    else:
+        sys.stderr.write(f"interrupted: checkpoint at {ckpt}; resume with: {resume_command(prog, argv)}\n")
+    return 130
+
+
+def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Sequence[str] | None = None) -> int:
     """Run ``train`` with parsed arguments (from :func:`add_train_arguments`); returns the exit status.
 
     0: done; 1: a training or data error (one line on stderr); 2: bad arguments, found before
-    any work (one line on stderr, ``"<prog>: error: --option: ..."``, as argparse writes them).
+    any work (one line on stderr, ``"<prog>: error: --option: ..."``, as argparse writes them);
+    130: interrupted with Ctrl-C (one line: the checkpoint and the command that resumes it,
+    built from ``argv``, default ``sys.argv[1:]``; see :class:`~fgr_defense.trainer.TrainingInterrupted`).
     """
     _configure_logging(args)
     try:
@@ -242,6 +279,10 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train") -> int:
     except (NonFiniteLossError, OutputLockedError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
+    except KeyboardInterrupt as err:  # TrainingInterrupted (a checkpoint at a step) or an immediate Ctrl-C
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return 130
+        return _interrupted(err, out, prog, argv)
     finally:
         if owned_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # the one torchrun's environment made us create
@@ -252,5 +293,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (argparse itself exits with 2 on unparsable arguments)."""
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        return run_train(args)
+        return run_train(args, argv=argv)
     return 2  # pragma: no cover - argparse requires a known command

@@ -18,6 +18,7 @@ __all__ = [
     "DATASETS",
     "DEFENSES",
     "MAX_LR",
+    "MAX_PENALTY",
     "MODEL_NAMES",
     "PIPELINES",
     "SCHEDULES",
@@ -55,3 +56,7 @@ TRAIN_MODES: tuple[str, ...] = ("new", "resume", "auto")
 #: Largest learning rate a schedule accepts: above it no optimizer here converges, and values
 #: such as 1e300 only overflow to NaN in the first step.
 MAX_LR: float = 10.0
+
+#: Largest regularizer weight or paper lambda accepted: the paper's largest lambda is in the
+#: thousands; values such as 1e300 only overflow the loss to inf in the first step.
+MAX_PENALTY: float = 1e7

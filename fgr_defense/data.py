@@ -34,10 +34,11 @@ from torch.utils.data import Dataset, TensorDataset
 
 from torchattacks_deform.validation import check_bool, check_choice, check_number
 
+from .cifar import CIFAR_FILES, CifarUnreadableError, read_cifar
 from .constants import DATASETS, PIPELINES
 
-__all__ = ["DATASETS", "PIPELINES", "DatasetInfo", "authors_transform", "get_dataset", "load_mnist5k",
-           "dataset_info"]
+__all__ = ["DATASETS", "LAYOUT", "PIPELINES", "DatasetInfo", "DatasetUnreadableError", "authors_transform",
+           "get_dataset", "load_mnist5k", "dataset_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,19 @@ class DatasetInfo(dict):
     """``{"channels", "size", "num_classes"}`` of a dataset name."""
 
 
-#: Where torchvision expects each dataset under ``root`` (for the download-failed message).
-_LAYOUT = {
+#: Where torchvision expects each dataset under ``root`` (for the error messages).
+LAYOUT = {
     "mnist": "MNIST/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
              "t10k-labels-idx1-ubyte)",
     "cifar10": "cifar-10-batches-py/ (cifar-10-python.tar.gz extracted)",
     "cifar100": "cifar-100-python/ (cifar-100-python.tar.gz extracted)",
 }
+#: The folder under ``root`` that torchvision reads.
+_FOLDER = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+class DatasetUnreadableError(ValueError):
+    """The dataset's folder is under ``root`` but torchvision cannot read it (corrupted, truncated, unreadable)."""
 
 
 def dataset_info(name: str) -> dict[str, int]:
@@ -204,6 +211,8 @@ def get_dataset(
 
     Raises:
         ValueError: unknown name or pipeline, negative limit, or missing root.
+        DatasetUnreadableError: (a ValueError) the dataset's folder is in ``root`` but corrupted
+            or unreadable (``download=False``).
         FileNotFoundError: the dataset is not in ``root`` and ``download`` is False, or the
             download failed (e.g. no network); the message says where to put the files.
 
@@ -243,6 +252,44 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
+class _UInt8Images(Dataset):  # type: ignore[type-arg]
+    """``(N, C, H, W)`` uint8 images and labels, served as torchvision's ``ToTensor`` would (``k / 255``)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, pil_transform: Callable[[Any], Tensor] | None) -> None:
+        self.images, self.labels, self.pil_transform = images, labels, pil_transform
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.images[index], int(self.labels[index])
+        if self.pil_transform is not None:
+            from PIL import Image
+
+            return self.pil_transform(Image.fromarray(image.permute(1, 2, 0).numpy())), label
+        return image.float().div(255.0), label
+
+
+def _local_cifar(name: str, train: bool, root: str | Path, pil_transform: Callable[[Any], Tensor] | None) -> Dataset:
+    """CIFAR-10/100 from ``root`` by :func:`fgr_defense.cifar.read_cifar` (no checksum gate: see that module)."""
+    folder = Path(root) / _FOLDER[name]
+    try:
+        images, labels = read_cifar(name, root, train)
+    except FileNotFoundError as err:
+        if folder.is_dir() and any(folder.iterdir()):
+            raise DatasetUnreadableError(
+                f"dataset {name!r}: {str(folder)!r} is there but corrupted or unreadable ({_short(err)}); delete "
+                f"that folder and download or copy the dataset again (expected layout: {LAYOUT[name]})") from None
+        raise FileNotFoundError(
+            f"dataset {name!r} was not found under {str(root)!r} (torchvision layout: {LAYOUT[name]}). Download it "
+            f"once with --download (download=True), or copy it there.") from None
+    except CifarUnreadableError as err:
+        raise DatasetUnreadableError(
+            f"dataset {name!r}: {str(folder)!r} is there but corrupted or unreadable ({err}); delete that folder "
+            f"and download or copy the dataset again (expected layout: {LAYOUT[name]})") from None
+    return _UInt8Images(images, labels, pil_transform)
+
+
 def _torchvision_dataset(name: str, train: bool, root: str | Path | None, download: bool,
                          pil_transform: Callable[[Any], Tensor] | None) -> Dataset:
     from torchvision import datasets
@@ -253,20 +300,29 @@ def _torchvision_dataset(name: str, train: bool, root: str | Path | None, downlo
             f"root: dataset {name!r} loads from a local torchvision folder; pass --data-root DIR "
             "(and --download to fetch it there), or use the embedded 'mnist5k'"
         )
+    if name in CIFAR_FILES and not download:
+        return _local_cifar(name, train, root, pil_transform)
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     transform = pil_transform if pil_transform is not None else ToTensor()
     try:
         return cls(root=str(root), train=train, download=download, transform=transform)
-    except (URLError, OSError, RuntimeError) as err:
-        if download:
+    except (URLError, OSError, RuntimeError, ValueError, EOFError, AssertionError) as err:  # see the cases below
+        if download and isinstance(err, (URLError, OSError, RuntimeError)):
             raise FileNotFoundError(
                 f"dataset {name!r}: the download into {str(root)!r} failed ({_short(err)}). Without "
-                f"network access, place the files there yourself: {str(root)}/{_LAYOUT[name]}"
+                f"network access, place the files there yourself: {str(root)}/{LAYOUT[name]}"
+            ) from err
+        folder = Path(root) / _FOLDER[name]
+        if not isinstance(err, FileNotFoundError) and folder.is_dir() and any(folder.iterdir()):
+            raise DatasetUnreadableError(  # torchvision says "not found or corrupted": it is there, so corrupted
+                f"dataset {name!r}: {str(folder)!r} is there but corrupted or unreadable (torchvision's check or "
+                f"read of its files failed: {_short(err)}); delete that folder and download or copy the dataset "
+                f"again (expected layout: {LAYOUT[name]})"
             ) from err
         if isinstance(err, RuntimeError):  # torchvision: "Dataset not found. You can use download=True ..."
             raise FileNotFoundError(
                 f"dataset {name!r} was not found under {str(root)!r} (torchvision layout: "
-                f"{_LAYOUT[name]}). Download it once with --download (download=True), or copy it there. "
+                f"{LAYOUT[name]}). Download it once with --download (download=True), or copy it there. "
                 f"({_short(err)})"
             ) from err
         raise

@@ -43,7 +43,7 @@ from torch import nn
 
 from torchattacks_deform.validation import check_budget, check_choice, check_number
 
-from .constants import DATASETS, DEFENSES, SCHEDULES, VARIANTS
+from .constants import DATASETS, DEFENSES, MAX_PENALTY, SCHEDULES, VARIANTS
 from .data import dataset_info
 from .naming import slugify
 from .regularizers import (
@@ -186,12 +186,12 @@ def check_defense_args(
         >>> check_defense_args("FGR", lam=float("nan"))
         Traceback (most recent call last):
         ...
-        ValueError: lam: expected a finite number >= 0, got nan
+        ValueError: lam: expected a finite number in [0, 1e+07], got nan
     """
     canonical = resolve_defense_name(name)
     uses_reg, uses_at, uses_rs = _parts(canonical)
-    check_number(lam, "lam", minimum=0, allow_none=True)
-    check_number(weight, "weight", minimum=0, allow_none=True)
+    check_number(lam, "lam", minimum=0, maximum=MAX_PENALTY, allow_none=True)
+    check_number(weight, "weight", minimum=0, maximum=MAX_PENALTY, allow_none=True)
     check_number(lam_batch_size, "lam_batch_size", integer=True, minimum=1)
     check_budget(sigma, "sigma", allow_none=True)
     check_budget(eps, "eps", allow_none=True)

@@ -53,12 +53,13 @@ from .trainer_io import (
     ACCUM_KEYS,
     LOG_FORMAT,
     NonFiniteLossError,
+    TrainingInterrupted,
     check_trainer_state,
     load_weights,
 )
 from .trainer_loop import EpochLoopMixin, split_batch
 
-__all__ = ["LOG_FORMAT", "NonFiniteLossError", "Trainer"]
+__all__ = ["LOG_FORMAT", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class Trainer(EpochLoopMixin):
         self._last_stats: Tensor | None = None
         self._last_checkpoint: dict[str, Any] | None = None
         self._num_classes: int | None = None
+        self._dtype_noted = False  # the conversion of batches to the model's dtype is logged once
         self._batchnorm = _has_batchnorm(self.module)
         if self.ctx is not None and self.ctx.is_main:
             logger.info("distributed training on %d processes", self.ctx.world_size)
@@ -236,7 +238,11 @@ class Trainer(EpochLoopMixin):
                             f"{type(x).__name__}{' of dtype ' + str(x.dtype) if isinstance(x, Tensor) else ''}")
         # Before the transfer (no device sync for CPU labels); the class range once it is known.
         check_labels(y, x.shape[0], num_classes=self._num_classes)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), x.dtype)
+        if x.dtype != dtype and not self._dtype_noted:  # e.g. float64 numpy images, float32 model
+            logger.info("x: converting %s batches to the model's %s", x.dtype, dtype)
+            self._dtype_noted = True
+        return x.to(self.device, dtype, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _attack(self, x: Tensor, y: Tensor) -> Tensor:
         assert self.adversary is not None
@@ -257,7 +263,8 @@ class Trainer(EpochLoopMixin):
 
         ``loss = task_loss + reg_loss``; ``reg_loss`` is the weighted penalty (0 without a
         regularizer); ``output`` are the logits of the task loss's forward pass. The inputs
-        are not modified.
+        are not modified; images of another floating dtype than the model's parameters
+        (float64 numpy data and a float32 model, say) are converted to it (a copy).
 
         Raises:
             ValueError: ``labels`` are not class indices of the model (negative, e.g. the

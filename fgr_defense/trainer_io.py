@@ -1,6 +1,6 @@
 """What the :class:`~fgr_defense.trainer.Trainer` writes and reads: checkpoints, logs, ``best.pt``.
 
-The code is a mixin of the Trainer, plus :class:`NonFiniteLossError`.
+The code is a mixin of the Trainer, plus :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
 
 Convention:
     **Checkpoints and logs** (``out_dir``):
@@ -54,8 +54,8 @@ from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint, save_model
 
-__all__ = ["BEST_NAME", "LOG_FORMAT", "CheckpointMixin", "NonFiniteLossError", "reconcile_best", "repair_log",
-           "write_log"]
+__all__ = ["BEST_NAME", "LOG_FORMAT", "CheckpointMixin", "NonFiniteLossError", "TrainingInterrupted", "reconcile_best",
+           "repair_log", "write_log"]
 
 logger = logging.getLogger("fgr_defense.trainer")
 
@@ -69,6 +69,21 @@ ACCUM_KEYS = ("loss", "task_loss", "reg_loss", "correct", "count", "time_s", "dr
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient became NaN/inf, or the weights did; the step was not taken and training stopped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :meth:`~fgr_defense.trainer.Trainer.fit` between two optimizer steps.
+
+    A ``KeyboardInterrupt``, so code that does not know it still stops. ``checkpoint`` is the
+    resumable ``model.pt`` written at that step (None without ``out_dir``); ``epoch`` and
+    ``step_in_epoch`` are the trainer's counters there.
+    """
+
+    def __init__(self, message: str, checkpoint: Path | None, epoch: int, step_in_epoch: int) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step_in_epoch = step_in_epoch
 
 
 def write_log(path: str | Path, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:

@@ -14,12 +14,24 @@ Convention:
     interrupted-and-resumed run takes the same optimizer steps as an uninterrupted one (bit
     for bit on CPU with a deterministic loader). ``fit(loader, epochs)`` trains up to
     ``epochs`` epochs in total.
+
+    **Ctrl-C.** During :meth:`~EpochLoopMixin.fit` (in the main thread of a single process,
+    with ``out_dir`` set and Python's default SIGINT handler in place) the first Ctrl-C
+    (SIGINT) lets the running optimizer step finish, writes ``model.pt`` there (a consistent
+    state: resuming from it takes the same steps as an uninterrupted run) and raises
+    :class:`~fgr_defense.trainer_io.TrainingInterrupted`; a second Ctrl-C interrupts at once
+    (the last checkpoint written stays). Under ``torchrun`` a Ctrl-C interrupts at once (the
+    ranks could not agree on a step without a collective per step); the last epoch's
+    checkpoint stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import signal
+import threading
 import time
 import warnings
 from typing import Any, Iterator
@@ -33,7 +45,7 @@ from torchattacks_deform.validation import check_number
 
 from .distributed import distributed_loader
 from .naming import derive_seed
-from .trainer_io import ACCUM_KEYS, CheckpointMixin
+from .trainer_io import ACCUM_KEYS, CheckpointMixin, TrainingInterrupted
 
 __all__ = ["EpochLoopMixin", "split_batch"]
 
@@ -71,6 +83,7 @@ class EpochLoopMixin(CheckpointMixin):
     scheduler_interval: str
     _batchnorm: bool
     _last_stats: Tensor | None
+    _interrupt_requested: bool = False
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -93,6 +106,8 @@ class EpochLoopMixin(CheckpointMixin):
         Raises:
             NonFiniteLossError: NaN/inf loss, gradient or weights (the message says where
                 the last good checkpoint is, or that none was written).
+            TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``; ``model.pt`` is written after
+                the running step, see the module docstring).
             ValueError: ``epochs`` is not a non-negative int, the loader changed length,
                 or ``keep_best`` without ``val_loader``.
         """
@@ -112,14 +127,49 @@ class EpochLoopMixin(CheckpointMixin):
         if self.epoch >= epochs:
             logger.info("already trained %d of %d epochs; nothing to do", self.epoch, epochs)
             return self.history
-        for epoch in range(self.epoch, epochs):
-            self._run_epoch(train_loader, epoch, epochs)
-            record = self._finish_epoch(epoch, val_loader)
-            if self.is_main:
-                logger.info("epoch %d/%d: %s", epoch + 1, epochs,
-                            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in record.items() if k != "epoch"))
+        with self._sigint_stops_between_steps():
+            for epoch in range(self.epoch, epochs):
+                self._run_epoch(train_loader, epoch, epochs)
+                record = self._finish_epoch(epoch, val_loader)
+                if self.is_main:
+                    logger.info("epoch %d/%d: %s", epoch + 1, epochs,
+                                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in record.items() if k != "epoch"))
+                if self._interrupt_requested and epoch + 1 < epochs:
+                    self._stop_interrupted(checkpoint_written=True)
         return self.history
+
+    @contextlib.contextmanager
+    def _sigint_stops_between_steps(self) -> Iterator[None]:
+        """The first Ctrl-C asks for a stop after the running step (module docstring); the second is immediate."""
+        self._interrupt_requested = False
+        usable = (self.out_dir is not None and self.ctx is None
+                  and threading.current_thread() is threading.main_thread()
+                  and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if not usable:
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._interrupt_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _stop_interrupted(self, checkpoint_written: bool = False) -> None:
+        """Write ``model.pt`` at this step boundary (unless just written) and raise :class:`TrainingInterrupted`."""
+        if not checkpoint_written:
+            self._write_checkpoint()
+        path = self.out_dir / "model.pt" if self.out_dir is not None else None
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch else \
+            f"the end of epoch {self.epoch}"
+        logger.info("interrupted at %s (global step %d); checkpoint %s", where, self.global_step, path)
+        raise TrainingInterrupted(f"interrupted at {where}: checkpoint at {path}", path, self.epoch,
+                                  self.step_in_epoch)
 
     def _run_epoch(self, loader: Any, epoch: int, epochs: int) -> None:
         from tqdm.auto import tqdm
@@ -176,6 +226,8 @@ class EpochLoopMixin(CheckpointMixin):
                                 acc=f"{self._accum['correct'] / count:.3f}", refresh=False)
                 if trained and self.checkpoint_every is not None and self.global_step % self.checkpoint_every == 0:
                     self._write_checkpoint()
+                if self._interrupt_requested:
+                    self._stop_interrupted()
         finally:
             bar.close()
 

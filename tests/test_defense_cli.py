@@ -122,7 +122,7 @@ class TestCLI:
         assert run_cli("--defense", "Nope", "--out", str(tmp_path / "a")) == 2  # bad arguments
         assert "--defense: expected one of ['Standard'" in capsys.readouterr().err
         assert run_cli("--defense", "FGR", "--weight", "-1", "--epochs", "1", "--out", str(tmp_path / "b")) == 2
-        assert "--weight: expected a finite number >= 0, got -1.0" in capsys.readouterr().err
+        assert "--weight: expected a finite number in [0, 1e+07], got -1.0" in capsys.readouterr().err
         empty = tmp_path / "data"
         empty.mkdir()
         assert run_cli("--dataset", "cifar10", "--data-root", str(empty), "--out", str(tmp_path / "c")) == 1
@@ -135,9 +135,9 @@ class TestCLI:
         assert "no checkpoint" in capsys.readouterr().err
 
     def test_nan_loss_message(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        # a weight that overflows float32 (a learning rate large enough to diverge is refused as an argument)
-        assert run_cli("--defense", "IGR", "--weight", "1e300", "--epochs", "3", "--limit", "256",
-                       "--no-val", "--out", str(tmp_path / "nan")) == 1
+        # the largest weight and learning rate the arguments accept: the training diverges
+        assert run_cli("--defense", "IGR", "--weight", "1e7", "--optimizer", "sgd", "--lr", "10", "--epochs", "3",
+                       "--limit", "256", "--no-val", "--out", str(tmp_path / "nan")) == 1
         err = capsys.readouterr().err
         assert "loss is not finite" in err
         if (tmp_path / "nan" / "model.pt").is_file():  # diverged after an epoch: name the kept checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,12 @@ class TestHelp:
         parsers += [(name, p) for a in subs for name, p in a.choices.items()]
         for name, p in parsers:
             text = p.format_help()
-            assert "example" in text, f"{module} {name}: no examples in --help"
+            # an "examples:" section with a command line of this very parser ("per-example" does not count)
+            section = re.search(r"^examples?:\n((?:[ \t]+\S.*(?:\n|$))+)", text, re.M)
+            assert section, f"{module} {name}: no examples section in --help"
+            commands = [line.strip() for line in section.group(1).splitlines()]
+            assert any(re.match(re.escape(p.prog) + r"(\s|$)", c) for c in commands), \
+                f"{module} {name}: no example starts with {p.prog!r}: {commands}"
             for action in p._actions:
                 if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                     assert action.help, f"{module} {name} {action.option_strings} has no help"

@@ -303,6 +303,11 @@ class TestHugeValues:
         assert fgr_main(["train", "--out", str(tmp_path / "b"), "--defense", "AT-PGD", "--eps", "1e300",
                          *TINY_TRAIN]) == 2
         assert "--eps: expected a finite number in [0, 10000]" in capsys.readouterr().err
+        for k, flag in enumerate(("--weight", "--lam")):
+            assert fgr_main(["train", "--out", str(tmp_path / f"w{k}"), "--defense", "FGR", flag, "1e300",
+                             *TINY_TRAIN]) == 2
+            assert f"{flag}: expected a finite number in [0, " in capsys.readouterr().err
+            assert not (tmp_path / f"w{k}").exists()
         assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
     def test_evaluate_eps(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,9 +11,11 @@ Example:
 """
 
 from ._base import AttackInfo, FlowAttack
+from .apgd import FlowAPGD
+from .apgdt import FlowAPGDT
 from .autoattack import FlowAutoAttack
 from .es import FlowES
-from .evaluate import RobustnessReport, evaluate_robustness
+from .evaluate import RobustnessCurve, RobustnessReport, evaluate_robustness
 from .fgsm import FlowFGSM
 from .flow import (
     Warp,
@@ -26,7 +28,7 @@ from .flow import (
     project_flow,
     warp,
 )
-from .losses import attack_loss, margin_loss
+from .losses import attack_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from .pgd import FlowPGD
 from .stadv import StAdv
 
@@ -34,15 +36,20 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AttackInfo",
+    "FlowAPGD",
+    "FlowAPGDT",
     "FlowAttack",
     "FlowAutoAttack",
     "FlowES",
     "FlowFGSM",
     "FlowPGD",
+    "RobustnessCurve",
     "RobustnessReport",
     "StAdv",
     "Warp",
     "attack_loss",
+    "dlr_loss",
+    "dlr_targeted_loss",
     "evaluate_robustness",
     "flow_norm",
     "flow_smoothness_loss",

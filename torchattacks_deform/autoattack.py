@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ._base import AttackInfo, FlowAttack
+from .apgd import FlowAPGD
+from .apgdt import FlowAPGDT
 from .es import FlowES
 from .flow import NORMS
 from .pgd import FlowPGD
@@ -22,41 +24,57 @@ __all__ = ["VERSIONS", "FlowAutoAttack", "version_members"]
 logger = logging.getLogger(__name__)
 
 #: The versions of :class:`FlowAutoAttack`.
-VERSIONS = ("standard", "fast", "custom")
+VERSIONS = ("standard", "fast", "legacy", "custom")
 
 
 def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[str, Any, dict[str, Any]]]:
     """The members ``(name, class, constructor kwargs)`` of a :class:`FlowAutoAttack` version.
 
-    ``"standard"`` (strong, affordable; AutoAttack's recipe on flows):
+    ``"standard"`` (AutoAttack's recipe on flows, no step size to tune):
 
-    1. ``FlowPGD-CE``: FlowPGD, cross-entropy, 50 steps of ``eps / 8`` from a random start.
-    2. ``FlowPGD-margin``: FlowPGD, the unclamped Carlini-Wagner margin (no saturation on
-       confident models, AutoAttack's second loss), 50 steps of ``eps / 8``, 3 restarts.
+    1. ``FlowAPGD-CE``: :class:`~torchattacks_deform.FlowAPGD`, cross-entropy, 100 steps.
+    2. ``FlowAPGD-T``: :class:`~torchattacks_deform.FlowAPGDT`, the targeted DLR loss toward
+       each of the 3 most likely wrong classes, 33 steps each (100 in all, as APGD-CE;
+       AutoAttack spends 9 x 100, which would make the suite three times as costly as the
+       ``"legacy"`` version; ``results/attacks/report.md`` measures both).
     3. ``StAdv``: 100 Adam steps (``lr = eps / 5``) on the margin plus smoothness, bounded by
        the Linf ``eps`` (a different optimizer and objective; Linf only).
     4. ``FlowES``: gradient-free NES, population 20, 100 steps (2000 queries; catches gradient
        masking; Linf only, its budget has no L2 form).
 
-    ``"fast"``: the same four with 10 steps (StAdv 20, FlowES population 10 and 10 steps, one
-    margin restart), for smoke runs on CPU.
+    ``"fast"``: the same four, 20 steps each (one target class; StAdv 20, FlowES population 10
+    and 10 steps), for smoke runs on CPU.
+
+    ``"legacy"``: the standard version before FlowAPGD: FlowPGD with cross-entropy (50 steps of
+    ``eps / 8``), FlowPGD with the margin loss (50 steps, 3 restarts), StAdv and FlowES as
+    above.
 
     Example:
         >>> [name for name, _, _ in version_members("standard", 0.5)]
-        ['FlowPGD-CE', 'FlowPGD-margin', 'StAdv', 'FlowES']
+        ['FlowAPGD-CE', 'FlowAPGD-T', 'StAdv', 'FlowES']
         >>> [name for name, _, _ in version_members("fast", 2.0, "L2")]
-        ['FlowPGD-CE', 'FlowPGD-margin']
+        ['FlowAPGD-CE', 'FlowAPGD-T']
+        >>> [name for name, _, _ in version_members("legacy", 0.5)]
+        ['FlowPGD-CE', 'FlowPGD-margin', 'StAdv', 'FlowES']
     """
-    check_choice(version, "version", VERSIONS[:2])
+    check_choice(version, "version", VERSIONS[:3])
     eps = float(check_budget(eps, "eps"))
     check_choice(norm, "norm", NORMS)
     fast = version == "fast"
-    pgd_steps = 10 if fast else 50
-    members: list[tuple[str, Any, dict[str, Any]]] = [  # (name, FlowAttack subclass, kwargs)
-        ("FlowPGD-CE", FlowPGD, dict(eps=eps, alpha=eps / (4 if fast else 8), steps=pgd_steps, norm=norm)),
-        ("FlowPGD-margin", FlowPGD, dict(eps=eps, alpha=eps / (4 if fast else 8), steps=pgd_steps, norm=norm,
-                                         loss="margin", restarts=1 if fast else 3)),
-    ]
+    members: list[tuple[str, Any, dict[str, Any]]]  # (name, FlowAttack subclass, kwargs)
+    if version == "legacy":
+        members = [
+            ("FlowPGD-CE", FlowPGD, dict(eps=eps, alpha=eps / 8, steps=50, norm=norm)),
+            ("FlowPGD-margin", FlowPGD, dict(eps=eps, alpha=eps / 8, steps=50, norm=norm, loss="margin",
+                                             restarts=3)),
+        ]
+    else:
+        steps = 20 if fast else 100
+        members = [
+            ("FlowAPGD-CE", FlowAPGD, dict(eps=eps, norm=norm, steps=steps, loss="ce")),
+            ("FlowAPGD-T", FlowAPGDT, dict(eps=eps, norm=norm, steps=steps if fast else 33,
+                                           n_target_classes=1 if fast else 3)),
+        ]
     if norm == "Linf":
         members.append(("StAdv", StAdv, dict(bound=eps, steps=20 if fast else 100, lr=max(eps / 5, 1e-3))))
         members.append(("FlowES", FlowES, dict(eps=eps, population=10 if fast else 20, steps=10 if fast else 100)))
@@ -98,7 +116,8 @@ class FlowAutoAttack(FlowAttack):
         model: classifier returning logits.
         eps: flow budget in pixels, finite and ``>= 0``. Default: 0.5.
         norm: ``"Linf"`` (default) or ``"L2"``.
-        version: ``"standard"``, ``"fast"`` (see :func:`version_members`) or ``"custom"``.
+        version: ``"standard"``, ``"fast"``, ``"legacy"`` (see :func:`version_members`) or
+            ``"custom"``.
         attacks: with ``version="custom"``, the member attacks: :class:`FlowAttack` instances
             on ``model``, in default (untargeted) mode, run in this order.
         padding_mode: how the built-in members' :func:`~torchattacks_deform.warp` reads
@@ -128,7 +147,7 @@ class FlowAutoAttack(FlowAttack):
         >>> atk(images, labels).shape, atk.last_success.shape, atk.names
         (torch.Size([4, 1, 4, 4]), torch.Size([4]), ['FlowFGSM', 'FlowPGD'])
         >>> FlowAutoAttack.cost({"version": "fast"})
-        73.33...
+        93.33...
     """
 
     info = AttackInfo("suite", True, "eps")

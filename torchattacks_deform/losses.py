@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .validation import check_bool, check_choice, check_number
 
-__all__ = ["LOSSES", "attack_loss", "check_kappa", "margin_loss"]
+__all__ = ["LOSSES", "attack_loss", "check_kappa", "dlr_loss", "dlr_targeted_loss", "margin_loss"]
 
 #: The objectives :func:`attack_loss` (and FlowFGSM/FlowPGD's ``loss``) accept.
 LOSSES = ("ce", "margin")
@@ -115,3 +115,55 @@ def attack_loss(logits: Tensor, labels: Tensor, loss: str = "ce", targeted: bool
         return -margin_loss(logits, labels, targeted, kappa=None)
     _check_logits_labels(logits, labels)
     return F.cross_entropy(logits, labels, reduction="none") * (-1.0 if targeted else 1.0)
+
+
+def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    r"""The Difference of Logits Ratio (Croce & Hein, 2020, eq. 6) per example; an attack ascends it.
+
+    .. math::
+        \mathrm{DLR}(z, y) = -\frac{z_y - \max_{i \ne y} z_i}{z_{\pi_1} - z_{\pi_3} + 10^{-12}}
+
+    with :math:`z_{\pi_1} \ge z_{\pi_2} \ge \dots` the sorted logits: positive exactly when
+    the example is misclassified, and unchanged when the logits are shifted or rescaled.
+
+    Raises:
+        ValueError: fewer than 3 classes, or logits and labels that do not match.
+
+    Example:
+        >>> z = torch.tensor([[4.0, 2.0, 0.0, -1.0], [1.0, 3.0, 2.0, 0.0]])
+        >>> dlr_loss(z, torch.tensor([0, 0]))  # -(4 - 2) / (4 - 0), -(1 - 3) / (3 - 1)
+        tensor([-0.5000,  1.0000])
+        >>> torch.allclose(dlr_loss(10 * z + 3, torch.tensor([0, 0])), dlr_loss(z, torch.tensor([0, 0])))
+        True
+    """
+    _check_logits_labels(logits, labels)
+    if logits.shape[1] < 3:
+        raise ValueError(f"logits: the DLR loss needs at least 3 classes, got {logits.shape[1]}")
+    top = logits.sort(dim=1, descending=True).values
+    picked = logits.gather(1, labels[:, None]).squeeze(1)
+    best_other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return -(picked - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    r"""The targeted DLR loss of APGD-T (Croce & Hein, 2020, eq. 7) per example; ascended.
+
+    .. math::
+        -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2 + 10^{-12}}
+
+    Raises:
+        ValueError: fewer than 4 classes, or logits, labels and targets that do not match.
+
+    Example:
+        >>> z = torch.tensor([[4.0, 2.0, 0.0, -2.0]])
+        >>> dlr_targeted_loss(z, torch.tensor([0]), torch.tensor([1]))  # -(4 - 2) / (4 - (0 - 2) / 2)
+        tensor([-0.4000])
+    """
+    _check_logits_labels(logits, labels)
+    _check_logits_labels(logits, targets)
+    if logits.shape[1] < 4:
+        raise ValueError(f"logits: the targeted DLR loss needs at least 4 classes, got {logits.shape[1]}")
+    top = logits.sort(dim=1, descending=True).values
+    picked = logits.gather(1, labels[:, None]).squeeze(1)
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(picked - target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
