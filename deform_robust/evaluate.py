@@ -180,7 +180,7 @@ def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> No
 
 
 def _attacks(name: str, model: nn.Module, eps: float) -> Any:
-    if name in ("standard", "fast", "legacy"):
+    if name in ("standard", "fast", "apgd"):
         return name
     attacks = {}
     for family in (s.strip() for s in name.split(",") if s.strip()):
@@ -189,7 +189,7 @@ def _attacks(name: str, model: nn.Module, eps: float) -> Any:
         except ValueError as err:
             raise ValueError(f"--attacks: {err}") from None
     if not attacks:
-        raise ValueError(f"--attacks: expected 'standard', 'fast', 'legacy' or attack names, got {name!r}")
+        raise ValueError(f"--attacks: expected 'standard', 'fast', 'apgd' or attack names, got {name!r}")
     return attacks
 
 

@@ -181,7 +181,7 @@ def test_apgd_t_targets_the_next_classes(trained_model: nn.Module, batch: tuple[
     ({"steps": 0}, r"^steps: expected an int >= 1"),
     ({"restarts": 0}, r"^restarts: expected an int >= 1"),
     ({"rho": 1.5}, r"^rho: expected a finite number in \[0, 1\]"),
-    ({"loss": "margin"}, r"^loss: expected one of \('ce', 'dlr'\)"),
+    ({"loss": "hinge"}, r"^loss: expected one of \('ce', 'dlr', 'margin'\)"),
     ({"norm": "L1"}, r"^norm: expected one of"),
     ({"eps": -1.0}, r"^eps: expected"),
 ])
@@ -189,3 +189,15 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     with pytest.raises(ValueError, match=message):
         FlowAPGD(model, **kwargs)  # type: ignore[arg-type]
+
+
+def test_margin_loss_is_the_unclamped_cw_margin(trained_model: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
+    x, y = batch[0][:8], batch[1][:8]
+    atk = FlowAPGD(trained_model, eps=0.5, steps=3, loss="margin")
+    logits = trained_model(x)
+    got = atk._objective(y, None)(logits, torch.arange(8))
+    others = logits.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1)
+    torch.testing.assert_close(got, others - logits.gather(1, y[:, None]).squeeze(1))
+    adv = atk(x, y)
+    with torch.no_grad():
+        assert int((trained_model(adv).argmax(1) != y).sum()) > 0

@@ -10,14 +10,14 @@ from torch import Tensor, nn
 
 from ._base import AttackInfo, FlowAttack
 from .flow import NORMS, project_flow
-from .losses import dlr_loss
+from .losses import attack_loss, dlr_loss
 from .pgd import ascent_direction
 from .validation import check_budget, check_choice, check_number
 
 __all__ = ["APGD_LOSSES", "FlowAPGD", "apgd_checkpoints", "apgd_reduce_step"]
 
 #: The losses :class:`FlowAPGD` ascends.
-APGD_LOSSES = ("ce", "dlr")
+APGD_LOSSES = ("ce", "dlr", "margin")
 
 #: ``(p_1, checkpoint decrement, smallest checkpoint interval)`` as fractions of the steps.
 _SCHEDULE = (0.22, 0.03, 0.06)
@@ -106,7 +106,9 @@ class FlowAPGD(FlowAttack):
     not improve their best loss after a checkpoint that kept the step, halve :math:`\eta` and
     restart from their best flow (:func:`apgd_reduce_step`).
 
-    ``loss="ce"`` ascends the cross-entropy; ``loss="dlr"`` the Difference of Logits Ratio
+    ``loss="ce"`` ascends the cross-entropy; ``loss="margin"`` the unclamped Carlini-Wagner
+    margin :math:`\max_{i \ne y} z_i - z_y` (the loss that measured strongest on flows with
+    FlowPGD); ``loss="dlr"`` the Difference of Logits Ratio
     :math:`-(z_y - \max_{i \ne y} z_i) / (z_{\pi_1} - z_{\pi_3})`
     (:func:`~torchattacks_deform.losses.dlr_loss`; at least 3 classes), invariant to a shift
     and a rescaling of the logits.
@@ -131,7 +133,7 @@ class FlowAPGD(FlowAttack):
         eps: flow budget in pixels. Default: 1.0.
         norm: ``"Linf"`` (default) or ``"L2"``.
         steps: iterations per restart. Default: 100 (AutoAttack's).
-        loss: ``"ce"`` (default) or ``"dlr"``.
+        loss: ``"ce"`` (default), ``"margin"`` or ``"dlr"``.
         restarts: runs per example not yet fooled. Default: 1.
         rho: the fraction of rising steps below which the step halves. Default: 0.75.
         seed: seed of the random starts (a generator of the attack's own; the global RNG is
@@ -197,6 +199,8 @@ class FlowAPGD(FlowAttack):
         """``f(logits, index) -> (n,)``: the per-example loss ascended (``index`` selects the examples)."""
         if self.loss == "ce":
             return lambda logits, idx: torch.nn.functional.cross_entropy(logits, labels[idx], reduction="none")
+        if self.loss == "margin":
+            return lambda logits, idx: attack_loss(logits, labels[idx], "margin")
         return lambda logits, idx: dlr_loss(logits, labels[idx])
 
     def _loss_grad(self, images: Tensor, flow: Tensor, labels: Tensor, idx: Tensor,

@@ -235,7 +235,7 @@ class RobustnessCurve(Mapping[float, RobustnessReport]):
         ([0.25, 1.0], 1.0)
         >>> print(curve)  # doctest: +ELLIPSIS
         Flow robustness: 6 examples, Linf budgets in px, attacks run independently
-          eps   clean %  FlowAPGD-CE %  FlowAPGD-T %  StAdv %  FlowES %  worst case %
+          eps   clean %  FlowPGD-CE %  FlowPGD-margin %  StAdv %  FlowES %  worst case %
           0.25  ...
           1     ...
     """
@@ -291,7 +291,7 @@ def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool)
         members, names = list(attacks), []
         where = [f"attacks[{i}]" for i in range(len(members))]
     else:
-        raise TypeError(f"attacks: expected 'standard', 'fast', 'legacy', a list of FlowAttack instances or a "
+        raise TypeError(f"attacks: expected 'standard', 'fast', 'apgd', a list of FlowAttack instances or a "
                         f"dict "
                         f"name -> attack, got {type(attacks).__name__}")
     if not members:
@@ -410,7 +410,7 @@ def evaluate_robustness(
             the evaluation runs once per budget (with ``attacks`` a version name,
             built at each budget) and a :class:`RobustnessCurve` (``{eps: report}``) comes back.
         norm: ``"Linf"`` or ``"L2"`` (the ``"L2"`` versions have no StAdv and FlowES).
-        attacks: ``"standard"``, ``"fast"`` or ``"legacy"`` (the members of that
+        attacks: ``"standard"``, ``"fast"`` or ``"apgd"`` (the members of that
             :class:`~torchattacks_deform.FlowAutoAttack` version, built from ``eps`` and
             ``norm``), a list of :class:`~torchattacks_deform.FlowAttack` instances on
             ``model`` whose budget is ``eps`` in ``norm``, or a dict name -> attack. With
@@ -448,12 +448,12 @@ def evaluate_robustness(
         >>> report = evaluate_robustness(model, images, labels, eps=0.5, attacks="fast")
         >>> print(report)
         Flow robustness: 8 examples, Linf eps = 0.5 px, attacks run independently
-          clean         ...%
-          FlowAPGD-CE   ...%  (... s)
-          FlowAPGD-T    ...%  (... s)
-          StAdv         ...%  (... s)
-          FlowES        ...%  (... s)
-          worst case    ...%
+          clean           ...%
+          FlowPGD-CE      ...% (... s)
+          FlowPGD-margin  ...% (... s)
+          StAdv           ...% (... s)
+          FlowES          ...% (... s)
+          worst case      ...%
           per class, clean -> worst case %: 0: ... -> ...
         >>> report.worst_case_accuracy <= min(report.robust_accuracy.values()) <= report.clean_accuracy
         True
@@ -472,7 +472,7 @@ def evaluate_robustness(
     if isinstance(eps, (list, tuple)):
         budgets = _budget_list(eps)
         if not isinstance(attacks, str):
-            raise ValueError(f"attacks: with a list of budgets, expected 'standard', 'fast' or 'legacy' (built at each "
+            raise ValueError(f"attacks: with a list of budgets, expected 'standard', 'fast' or 'apgd' (built at each "
                              f"budget; an attack instance has one budget), got {type(attacks).__name__}")
         if isinstance(images, collections.abc.Iterator):
             raise TypeError(f"images: with a list of budgets the data is read once per budget, expected a "
