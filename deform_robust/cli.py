@@ -275,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else 1
+    except OSError as err:  # an output that cannot be written (fgr_defense.checkpoint.OutputWriteError names it)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         kept = ("; the finished cells are kept: the same command resumes" if args.command in ("run", "zoo") else "")
         print(f"interrupted{kept}", file=sys.stderr)

@@ -81,8 +81,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         (b'hi', True)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise OutputWriteError(f"{str(path)!r}: could not write ({err.strerror or err}); check that its folder is "
+                               "writable") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -90,10 +94,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs are ordinary files, as open() makes them
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and _is_write_failure(err)):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:160]
+            raise OutputWriteError(f"{str(path)!r}: could not write ({reason}); check that the disk is not full "
+                                   "and the folder is writable (the previous file, if any, is intact)") from None
         raise
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written (a full disk, a read-only folder); the message names the file."""
+
+
+def _is_write_failure(err: RuntimeError) -> bool:
+    """torch.save's C++ writer reports a full disk as a RuntimeError ("unexpected pos", "file write failed")."""
+    text = str(err)
+    return any(s in text for s in ("unexpected pos", "PytorchStreamWriter", "file write failed"))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

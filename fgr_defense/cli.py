@@ -24,6 +24,7 @@ import argparse
 import logging
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from .constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
@@ -245,6 +246,19 @@ def _interrupted(err: KeyboardInterrupt, out: Any, prog: str, argv: Sequence[str
     return 130
 
 
+def _check_writable(out: str | Path) -> None:
+    """Raise ``ValueError`` naming ``--out`` unless files can be created in ``out`` (made if missing)."""
+    import tempfile
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out: expected a folder where files can be written, got {str(out)!r} "
+                         f"({err.strerror or err})") from None
+
+
 def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Sequence[str] | None = None) -> int:
     """Run ``train`` with parsed arguments (from :func:`add_train_arguments`); returns the exit status.
 
@@ -260,13 +274,14 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Seque
         spec = spec_from_args(args)
         resolve_device(spec.device)
         out = _out_dir(args, spec)
+        _check_writable(out)
     except (ValueError, TypeError) as err:
         sys.stderr.write(f"{prog}: error: {_as_flags(str(err))}\n")
         return 2
 
     import torch.distributed as dist
 
-    from .checkpoint import OutputLockedError
+    from .checkpoint import OutputLockedError, OutputWriteError
     from .spec import train_from_spec
     from .trainer import NonFiniteLossError
 
@@ -276,7 +291,8 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Seque
         if not dist.is_initialized() or dist.get_rank() == 0:
             logger.info("done: %s (%s)", result.checkpoint, "nothing to do" if result.cached else
                         f"{result.wall_s:.1f} s")
-    except (NonFiniteLossError, OutputLockedError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+    except (NonFiniteLossError, OutputLockedError, FileNotFoundError, FileExistsError, ValueError, TypeError,
+            OutputWriteError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
     except KeyboardInterrupt as err:  # TrainingInterrupted (a checkpoint at a step) or an immediate Ctrl-C
