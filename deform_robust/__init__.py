@@ -27,6 +27,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _autoattack_shim
+
+# robustbench imports `autoattack`; the installed fork is `pyautoattack` (quirk 1): the alias is an import
+# hook that imports nothing until robustbench asks, so `import deform_robust` is enough for `import robustbench`.
+_autoattack_shim.install()
+
 if TYPE_CHECKING:
     from torchattacks_deform import FlowAutoAttack, evaluate_robustness
 

@@ -23,6 +23,7 @@ Importing this module does not import ``torch`` (the harness's reports use the a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -163,6 +164,8 @@ class OutputLock:
         ...     except OutputLockedError as err:
         ...         print(str(err).split(":")[0])
         output folder ...
+        >>> (d / ".lock").exists()  # removed on release: no debris
+        False
     """
 
     def __init__(self, out: str | Path) -> None:
@@ -175,25 +178,38 @@ class OutputLock:
         except ImportError:  # pragma: no cover - not POSIX
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise OutputLockedError(
-                    f"output folder {str(self.path.parent)!r}: another run (pid {holder}) is writing to it; "
-                    "wait for it to finish or choose another --out") from None
-            raise
+        for _ in range(3):  # the file may be removed by a run that finishes between our open and flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise OutputLockedError(
+                        f"output folder {str(self.path.parent)!r}: another run (pid {holder}) is writing to it; "
+                        "wait for it to finish or choose another --out") from None
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file that its holder had just removed: lock the current one
+        else:  # pragma: no cover - three runs finishing in a row
+            raise OutputLockedError(f"output folder {str(self.path.parent)!r}: its lock keeps changing; retry")
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Remove the lock file (no debris), then close it, which releases the flock."""
         if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> OutputLock:

@@ -192,3 +192,5 @@ def test_train_ctrl_c_then_resume(user_folder: Path) -> None:
     log = json.loads((run_dir / "log.json").read_text())
     epochs = [h["epoch"] for h in log["epochs"]]
     assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
+    assert not (run_dir / ".lock").exists()  # no debris after a finished run
+    assert not (user_folder / "results" / "zoo-cifar10-Linf" / ".lock").exists()

@@ -347,10 +347,10 @@ class TestOneLineErrors:
 
 
 # 4 ----------------------------------------------------------------------------------------------
-def test_robustbench_imports_after_deform_robust_robustbench() -> None:
-    code = """
+@pytest.mark.parametrize("first", ["deform_robust.robustbench", "deform_robust"])
+def test_robustbench_imports_after_deform_robust_robustbench(first: str) -> None:
+    code = f"import {first}\n" + """
 import sys
-import deform_robust.robustbench
 assert "autoattack" not in sys.modules and "pyautoattack" not in sys.modules  # nothing imported yet
 import robustbench
 from robustbench.eval import benchmark
