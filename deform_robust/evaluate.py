@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +18,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from fgr_defense.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_from_checkpoint
+from fgr_defense.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    check_writable,
+    model_from_checkpoint,
+)
 from fgr_defense.device import resolve_device
 from torchattacks_deform import RobustnessReport, evaluate_robustness
 
@@ -115,48 +118,6 @@ def weights_files(spec: str, weights: str | None = None, model_dir: str = "model
     if Path(spec).is_file():
         return [Path(spec)]
     return [Path(weights)] if weights is not None else []
-
-
-def check_writable(path: str | Path, flag: str, folder: bool) -> None:
-    """Check, before any work, that ``path`` (a folder to write into, or a file) can be written.
-
-    A missing folder is fine when its nearest existing parent is a writable folder (it is
-    created when written). Nothing is left behind.
-
-    Raises:
-        ValueError: one line naming ``flag``, what was expected and what is there.
-
-    Example:
-        >>> import tempfile
-        >>> base = Path(tempfile.mkdtemp())
-        >>> check_writable(base / "new" / "sub", "--out", folder=True)
-        >>> _ = (base / "f").write_text("x")
-        >>> check_writable(base / "f" / "sub", "--out", folder=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: --out: expected a folder to write into, got ... (... is a file, not a folder)
-    """
-    p = Path(path)
-    if folder and p.exists() and not p.is_dir():
-        raise ValueError(f"{flag}: expected a folder to write into, got the file {str(p)!r}")
-    if not folder and p.is_dir():
-        raise ValueError(f"{flag}: expected a file to write, got the folder {str(p)!r}")
-    existing = p if folder else p.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{flag}: expected a folder to write into, got {str(p)!r} ({str(existing)!r} is a file, "
-                         "not a folder)")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".deform-robust-write-check.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-        if not folder and p.exists():
-            with open(p, "ab"):
-                pass
-    except OSError as err:
-        raise ValueError(f"{flag}: expected a writable destination, got {str(p)!r} "
-                         f"({err.strerror or type(err).__name__})") from None
 
 
 def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> None:

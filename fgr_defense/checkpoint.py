@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the atomic writers stay
     from torch import nn
 
 __all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "OutputLock", "OutputLockedError", "atomic_save", "atomic_write",
-           "atomic_write_text", "load_checkpoint", "load_model", "model_from_checkpoint", "remove_stale_temporaries",
+           "atomic_write_text", "check_writable", "load_checkpoint", "load_model", "model_from_checkpoint", "remove_stale_temporaries",
            "save_model"]
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,48 @@ def _is_write_failure(err: RuntimeError) -> bool:
     """torch.save's C++ writer reports a full disk as a RuntimeError ("unexpected pos", "file write failed")."""
     text = str(err)
     return any(s in text for s in ("unexpected pos", "PytorchStreamWriter", "file write failed"))
+
+
+def check_writable(path: str | Path, flag: str, folder: bool) -> None:
+    """Check, before any work, that ``path`` (a folder to write into, or a file) can be written.
+
+    A missing folder is fine when its nearest existing parent is a writable folder (it is
+    created when written). Nothing is left behind.
+
+    Raises:
+        ValueError: one line naming ``flag``, what was expected and what is there.
+
+    Example:
+        >>> import tempfile
+        >>> base = Path(tempfile.mkdtemp())
+        >>> check_writable(base / "new" / "sub", "--out", folder=True)
+        >>> _ = (base / "f").write_text("x")
+        >>> check_writable(base / "f" / "sub", "--out", folder=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: --out: expected a folder to write into, got ... (... is a file, not a folder)
+    """
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"{flag}: expected a folder to write into, got the file {str(p)!r}")
+    if not folder and p.is_dir():
+        raise ValueError(f"{flag}: expected a file to write, got the folder {str(p)!r}")
+    existing = p if folder else p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: expected a folder to write into, got {str(p)!r} ({str(existing)!r} is a file, "
+                         "not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deform-robust-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+        if not folder and p.exists():
+            with open(p, "ab"):
+                pass
+    except OSError as err:
+        raise ValueError(f"{flag}: expected a writable destination, got {str(p)!r} "
+                         f"({err.strerror or type(err).__name__})") from None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

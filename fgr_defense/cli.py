@@ -24,7 +24,6 @@ import argparse
 import logging
 import shlex
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from .constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
@@ -246,19 +245,6 @@ def _interrupted(err: KeyboardInterrupt, out: Any, prog: str, argv: Sequence[str
     return 130
 
 
-def _check_writable(out: str | Path) -> None:
-    """Raise ``ValueError`` naming ``--out`` unless files can be created in ``out`` (made if missing)."""
-    import tempfile
-
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out: expected a folder where files can be written, got {str(out)!r} "
-                         f"({err.strerror or err})") from None
-
-
 def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Sequence[str] | None = None) -> int:
     """Run ``train`` with parsed arguments (from :func:`add_train_arguments`); returns the exit status.
 
@@ -274,7 +260,9 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Seque
         spec = spec_from_args(args)
         resolve_device(spec.device)
         out = _out_dir(args, spec)
-        _check_writable(out)
+        from .checkpoint import check_writable  # torch-free, like this module
+
+        check_writable(out, "--out", folder=True)
     except (ValueError, TypeError) as err:
         sys.stderr.write(f"{prog}: error: {_as_flags(str(err))}\n")
         return 2

@@ -195,7 +195,7 @@ def test_margin_loss_is_the_unclamped_cw_margin(trained_model: nn.Module, batch:
     x, y = batch[0][:8], batch[1][:8]
     atk = FlowAPGD(trained_model, eps=0.5, steps=3, loss="margin")
     logits = trained_model(x)
-    got = atk._objective(y, None)(logits, torch.arange(8))
+    got = atk._objective(y, "margin")(logits, torch.arange(8))
     others = logits.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1)
     torch.testing.assert_close(got, others - logits.gather(1, y[:, None]).squeeze(1))
     adv = atk(x, y)

@@ -19,7 +19,7 @@ def test_train_refuses_an_out_it_cannot_write(tmp_path: Path, capsys: pytest.Cap
     blocker.write_text("not a folder")
     assert fgr_main(["train", "--out", str(blocker / "run"), *TINY]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "--out: expected a folder where files can be written" in err, err
+    assert len(err.strip().splitlines()) == 1 and "--out: expected a folder to write into" in err and "is a file, not a folder" in err, err
 
 
 def test_a_full_disk_during_train_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -195,13 +195,12 @@ class FlowAPGD(FlowAttack):
         return float(cls._param(params, "steps")) * float(cls._param(params, "restarts"))
 
     # -- the loss -----------------------------------------------------------------------
-    def _objective(self, labels: Tensor, targets: Optional[Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """``f(logits, index) -> (n,)``: the per-example loss ascended (``index`` selects the examples)."""
-        if self.loss == "ce":
-            return lambda logits, idx: torch.nn.functional.cross_entropy(logits, labels[idx], reduction="none")
-        if self.loss == "margin":
-            return lambda logits, idx: attack_loss(logits, labels[idx], "margin")
-        return lambda logits, idx: dlr_loss(logits, labels[idx])
+    @staticmethod
+    def _objective(labels: Tensor, loss: str) -> Callable[[Tensor, Tensor], Tensor]:
+        """``f(logits, index) -> (n,)``: the per-example ``loss`` ascended (``index`` selects the examples)."""
+        if loss == "dlr":
+            return lambda logits, idx: dlr_loss(logits, labels[idx])
+        return lambda logits, idx: attack_loss(logits, labels[idx], loss)  # "ce" or "margin"
 
     def _loss_grad(self, images: Tensor, flow: Tensor, labels: Tensor, idx: Tensor,
                    objective: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -290,7 +289,7 @@ class FlowAPGD(FlowAttack):
         queries = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
         def objective_for(idx: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-            return self._objective(labels[idx], None)
+            return self._objective(labels[idx], self.loss)
 
         flow, _ = self._attack(images, labels, objective_for, self.restarts, queries)
         self.last_queries = queries

@@ -9,14 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import FlowAPGD
-from .losses import dlr_loss, dlr_targeted_loss
+from .losses import dlr_targeted_loss
 from .validation import check_number
 
 __all__ = ["FlowAPGDT"]
-
-
-def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
 class FlowAPGDT(FlowAPGD):
@@ -101,9 +97,8 @@ class FlowAPGDT(FlowAPGD):
             loss = "dlr" if k == 3 else "ce"
             warnings.warn(f"FlowAPGDT: the model has {k} classes and the targeted DLR loss needs at least 4; "
                           f"running untargeted FlowAPGD with the {loss.upper()} loss instead", stacklevel=2)
-            objective = dlr_loss if loss == "dlr" else _cross_entropy
-            found, _ = self._attack(images, labels, lambda sub: lambda z, j: objective(z, labels[sub][j]),
-                                    self.restarts, queries)
+            found, _ = self._attack(images, labels, lambda sub: self._objective(labels[sub], loss), self.restarts,
+                                    queries)
             self.last_queries = queries
             return found
         order = clean.argsort(dim=1, descending=True)
