@@ -25,7 +25,7 @@ images; the timings do not depend on the pixel values):
   examples, on the standard-trained SmallCNN: time ratio, counted model forwards and the
   worst-case robust accuracy each found (:func:`benchmarks.suite.bench_suite`).
 - **Trainer steps** (:class:`~fgr_defense.trainer.Trainer.train_step` with the presets of
-  :func:`~fgr_defense.presets.build_defense`): Standard, IGR, FGR, FGR+RS, FGR+RS in the
+  :func:`~fgr_defense.defenses.build_defense`): Standard, IGR, FGR, FGR+RS, FGR+RS in the
   authors' variant, AT-PGD (7 steps), FGR+RS+AT-PGD, as ratios to the Standard step (and the
   FGR family to IGR), with the peak memory of one step.
 

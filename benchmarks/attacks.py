@@ -34,6 +34,7 @@ __all__ = ["bench_attacks", "bench_es", "bench_stadv", "plain_stadv", "steps_to_
 
 def bench_attacks(spec: ModelSpec, device: torch.device, cfg: BenchConfig) -> list[Row]:
     """FlowPGD vs ``torchattacks.PGD`` (per step) and FlowFGSM vs ``torchattacks.FGSM``."""
+    # torch and the attacks: imported when the benchmark runs, so that --help stays fast
     import torchattacks
 
     from torchattacks_deform import FlowFGSM, FlowPGD
@@ -138,6 +139,7 @@ def steps_to_rate(preds: Sequence[Tensor], labels: Tensor, rate: float) -> tuple
 
 def bench_stadv(model: nn.Module, device: torch.device, cfg: BenchConfig, repeats: int) -> list[Row]:
     """StAdv vs :func:`plain_stadv`: steps and time to fool :data:`~benchmarks.config.STADV_RATE` of the images."""
+    # torch and the attacks: imported when the benchmark runs, so that --help stays fast
     from torchattacks_deform import StAdv
 
     x, y = correct_images(model, cfg.stadv_images, device)
@@ -166,6 +168,7 @@ def bench_stadv(model: nn.Module, device: torch.device, cfg: BenchConfig, repeat
 
 def bench_es(model: nn.Module, device: torch.device, cfg: BenchConfig, repeats: int) -> list[Row]:
     """FlowES: queries per successful sample, images/s, and its throughput vs plain forwards."""
+    # torch and the attacks: imported when the benchmark runs, so that --help stays fast
     from torchattacks_deform import FlowES, warp
 
     x, y = correct_images(model, cfg.es_images, device)

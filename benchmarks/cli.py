@@ -95,6 +95,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args, command_line(prog.split(), argv))
+        # the command's engine (torch among it) is imported when it runs: --help stays fast
         from .driver import run_bench
         from .report import format_markdown
 

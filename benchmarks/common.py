@@ -132,6 +132,7 @@ class Counter(nn.Module):
 # ---------------------------------------------------------------------------- models and data
 def build_model(spec: ModelSpec, device: torch.device, cfg: BenchConfig) -> nn.Module:
     """A freshly initialized ``spec.arch`` (seeded by ``cfg.seed``) on ``device``."""
+    # torch and the models: imported when the benchmark runs, so that --help stays fast
     from fgr_defense.models import build_model as build
 
     torch.manual_seed(cfg.seed)
@@ -144,6 +145,7 @@ def build_model(spec: ModelSpec, device: torch.device, cfg: BenchConfig) -> nn.M
 def spec_images(spec: ModelSpec, n: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
     """``n`` MNIST-5k test images for 28x28 models, seeded uniform noise for 32x32 ones."""
     if spec.dataset.startswith("mnist"):
+        # torch and the models: imported when the benchmark runs, so that --help stays fast
         from fgr_defense.data import load_mnist5k
 
         x, y = load_mnist5k(train=False)
@@ -157,6 +159,7 @@ def spec_images(spec: ModelSpec, n: int, device: torch.device, seed: int) -> tup
 
 def trained_smallcnn(device: torch.device, cfg: BenchConfig) -> nn.Module:
     """A SmallCNN trained with the Standard defense (Adam, lr 1e-3, batch 128) on MNIST-5k."""
+    # torch and the models: imported when the benchmark runs, so that --help stays fast
     from fgr_defense.data import load_mnist5k
     from fgr_defense.models import SmallCNN
     from fgr_defense.trainer import Trainer
@@ -178,6 +181,7 @@ def trained_smallcnn(device: torch.device, cfg: BenchConfig) -> nn.Module:
 
 def correct_images(model: nn.Module, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """The first ``n`` MNIST-5k test images ``model`` classifies correctly, and their labels."""
+    # torch and the models: imported when the benchmark runs, so that --help stays fast
     from fgr_defense.data import load_mnist5k
 
     x, y = load_mnist5k(train=False)

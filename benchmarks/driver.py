@@ -73,6 +73,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     Returns:
         The results dict (see :data:`~benchmarks.config.FORMAT` and the package docstring).
     """
+    # torch: imported when the benchmark runs, so that --help stays fast
     from tqdm.auto import tqdm
 
     from eval.provenance import code_fingerprint, git_revision

@@ -59,6 +59,7 @@ class AttackConfig:
 
 def attack_configs(eps: float) -> list[AttackConfig]:
     """The attacks compared at budget ``eps`` (module docstring)."""
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     from torchattacks_deform import FlowAPGD, FlowAPGDT, FlowAutoAttack, FlowES, FlowPGD, StAdv
 
     configs = [
@@ -81,11 +82,12 @@ def attack_configs(eps: float) -> list[AttackConfig]:
 
 
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
+    from deform_robust.training import train_from_spec
     from eval.pipeline import instance_spec
     from eval.presets import Instance, load_preset
     from fgr_defense.checkpoint import load_model
     from fgr_defense.naming import file_slug
-    from fgr_defense.spec import train_from_spec
 
     preset = load_preset("mnist5k")
     models = []
@@ -102,6 +104,7 @@ def _models(out: Path, device: str) -> list[tuple[str, Any]]:
 def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, device: str = "cpu",
         progress: bool = True) -> dict[str, Any]:
     """Train (or reuse) the models, run every attack, write ``results.json``; returns its dict."""
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     import torch
     from tqdm import tqdm
 
@@ -146,6 +149,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
 
 
 def _t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     from eval.stats import seed_stats
 
     s = seed_stats(list(values))

@@ -81,6 +81,7 @@ def _cpu_name() -> str:
 
 def machine_info(device: Any) -> dict[str, Any]:
     """Where the numbers were taken: CPU/GPU, core count, threads, library versions."""
+    # torch: only to record versions (rendering stays torch-free)
     import torch
     import torchattacks
 
@@ -99,7 +100,8 @@ def write_results(results: Mapping[str, Any], out: Optional[str]) -> None:
     """Write ``bench.json`` and ``bench.md`` to ``out`` atomically (nothing when ``out`` is None)."""
     if out is None:
         return
-    from fgr_defense.checkpoint import atomic_write_text
+    # torch: only to record versions (rendering stays torch-free)
+    from fgr_defense.files import atomic_write_text
 
     atomic_write_text(Path(out) / "bench.json", json.dumps(results, indent=2, default=str) + "\n")
     atomic_write_text(Path(out) / "bench.md", format_markdown(results))
@@ -117,6 +119,7 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    # torch: only to record versions (rendering stays torch-free)
     from eval.report import md_table
 
     return [md_table(header, rows), ""]

@@ -61,6 +61,7 @@ def bench_suite(model: nn.Module, device: torch.device, cfg: BenchConfig, repeat
         ``robust_disagree`` (images on which the two worst cases differ) and ``cascade``
         (the suite's per-member ``attacked``/``fooled`` counts of the probe round).
     """
+    # torch and the attacks: imported when the benchmark runs, so that --help stays fast
     from torchattacks_deform import FlowAutoAttack
 
     x, y = correct_images(model, cfg.suite_images, device)

@@ -139,6 +139,7 @@ def _cpu_allocator_peak(fn: Callable[[], object]) -> int:
     running sum of the records after the marker is the allocated memory relative to the start
     of the second call, with every free counted; its maximum is the peak increase.
     """
+    # torch.profiler: only with --profile
     from torch.profiler import ProfilerActivity, profile
 
     with _kineto_quiet(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -26,7 +26,8 @@ def bench_train(spec: ModelSpec, device: torch.device, cfg: BenchConfig) -> list
 
     The trainers get the run's precision as ``Trainer(autocast_dtype=..., channels_last=...)``.
     """
-    from fgr_defense.presets import build_defense
+    # torch and the trainer: imported when the benchmark runs, so that --help stays fast
+    from fgr_defense.defenses import build_defense
     from fgr_defense.trainer import Trainer
 
     model = build_model(spec, device, cfg).train()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .config import EvalConfig, load_config, parse_config
     from .data import TestData, load_test_data
-    from .evaluate import load_model_spec
+    from .evaluate import load_model_source
     from .registry import build_attack, resolve_attack
     from .robustbench import load_robustbench_model
     from .runner import run_config
@@ -53,7 +53,7 @@ _LAZY = {
     "parse_config": ".config",
     "TestData": ".data",
     "load_test_data": ".data",
-    "load_model_spec": ".evaluate",
+    "load_model_source": ".evaluate",
     "build_attack": ".registry",
     "resolve_attack": ".registry",
     "load_robustbench_model": ".robustbench",
@@ -67,7 +67,7 @@ __all__ = [
     "build_attack",
     "evaluate_robustness",
     "load_config",
-    "load_model_spec",
+    "load_model_source",
     "load_robustbench_model",
     "load_test_data",
     "parse_config",

@@ -33,10 +33,15 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from fgr_defense.checkpoint import OutputLock, OutputLockedError, atomic_write_text
+from fgr_defense.files import OutputLock, OutputLockedError, atomic_write_text
 from fgr_defense.naming import derive_seed, file_slug, slugify
+
+if TYPE_CHECKING:  # annotations only: this module stays torch-free (the reports read cells)
+    from torch import Tensor
+
+    from .config import EvalConfig
 
 __all__ = [
     "SUITE_VERSION",
@@ -45,10 +50,13 @@ __all__ = [
     "OutputLock",
     "OutputLockedError",
     "assign_cells",
+    "cell_components",
     "cell_seed",
+    "data_fingerprint",
     "describe_change",
     "digest",
     "merge_records",
+    "plan_cells",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,3 +276,37 @@ class CellStore:
 
     def write(self, rec: dict[str, Any], cell: Cell) -> None:
         atomic_write_text(self.path(cell), json.dumps(rec, sort_keys=True) + "\n")
+
+
+def plan_cells(cfg: EvalConfig) -> list[Cell]:
+    """All cells of a config, model-major: the clean cell, then each attack and budget."""
+    cells: list[Cell] = []
+    for m in cfg.models:
+        cells.append(Cell(m.name))
+        for a in cfg.attacks:
+            cells.extend(Cell(m.name, a.name, i, b) for i, b in enumerate(a.budgets))
+    return cells
+
+
+def data_fingerprint(images: Tensor, labels: Tensor) -> str:
+    """sha256 of the test images and labels (CPU tensors)."""
+    h = hashlib.sha256()
+    h.update(images.contiguous().numpy().tobytes())
+    h.update(labels.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cell_components(cfg: EvalConfig, cell: Cell, data_fp: str, model_fps: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's numbers depend on (stored with the cell; a change makes it stale)."""
+    comp: dict[str, Any] = {
+        "suite_version": SUITE_VERSION,
+        "data": {"source": cfg.data.dataset, "pipeline": cfg.data.pipeline, "n": cfg.data.n, "sha256": data_fp},
+        "model": model_fps[cell.model], "seed": cfg.seed,
+    }
+    if cell.attack is None:
+        comp["checks"] = {"enabled": cfg.checks.enabled, "batch": cfg.checks.batch}
+    else:
+        a = cfg.attack(cell.attack)
+        comp["attack"] = {"family": a.family, "params": a.params, "budget": cell.budget}
+        comp["batch_size"] = cfg.data.batch_size
+    return comp

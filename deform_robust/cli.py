@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .training.cli import add_train_arguments, run_train  # torch-free until a command runs
+
 __all__ = ["HelpFormatter", "add_run_arguments", "add_verbose", "add_zoo_arguments", "build_parser", "main"]
 
 _EPILOG = """examples:
@@ -33,7 +35,9 @@ _TRAIN_EPILOG = """examples:
   # continue it after Ctrl-C or a crash (the same options plus --resume), here to more epochs
   deform-robust train --defense FGR+RS --weight 5 --epochs 10 --out runs/fgr-rs --resume
   # the paper's FGR on CIFAR-10 (downloaded once into data/) with its lambda and schedule
-  deform-robust train --dataset cifar10 --data-root data --download --model vgg11 --defense FGR --lam 400 --preset paper --out runs/c10-fgr
+  deform-robust train --dataset cifar10 --data-root data --download --model vgg11 --defense FGR --lam 400 --schedule paper --out runs/c10-fgr
+  # the authors' public code, like for like: their variant, data pipeline, schedule, best epoch
+  deform-robust train --dataset cifar10 --data-root data --model vgg11 --defense FGR+RS --lam 300 --lam-batch-size 128 --variant authors --pipeline authors --schedule authors --keep-best
 """
 
 
@@ -148,6 +152,7 @@ def add_zoo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     """The installed distribution's version (no torch import)."""
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -158,8 +163,6 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``deform-robust`` parser (no torch import)."""
-    from fgr_defense.cli import add_train_arguments
-
     p = argparse.ArgumentParser(prog="deform-robust", formatter_class=HelpFormatter, epilog=_EPILOG,
                                 description="Adversarial deformations: attack, train and evaluate image classifiers.")
     add_verbose(p, top=True)
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,run,zoo}")
     t = sub.add_parser("train", formatter_class=HelpFormatter, help="train one model with one of the paper's defenses",
                        description="Train a classifier with Standard, IGR, FGR, FGR+RS, AT-FGSM, AT-PGD or "
-                                   "FGR+RS+AT-PGD (same options as `python -m fgr_defense train`). Ctrl-C writes "
+                                   "FGR+RS+AT-PGD (deform_robust.training). Ctrl-C writes "
                                    "a checkpoint after the running step and prints the command that resumes.",
                        epilog=_TRAIN_EPILOG)
     add_train_arguments(t)
@@ -184,6 +187,7 @@ def _positive(value: int | None, name: str) -> None:
 
 
 def _budgets(text: str) -> list[float]:
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from torchattacks_deform.validation import check_budget
 
     try:
@@ -196,7 +200,8 @@ def _budgets(text: str) -> list[float]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import check_writable, run_model_spec, write_output
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
+    from .evaluate import check_writable, run_model_source, write_output
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")
@@ -211,14 +216,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 (args.csv, "--csv", False)):
         if value is not None:  # before the (long) evaluation, not after it
             check_writable(value, flag, folder)
-    ev = run_model_spec(
+    ev = run_model_source(
         model=args.model, weights=args.weights, kwargs=kwargs, model_dir=args.model_dir,
         threat_model=args.threat_model, data=args.data, data_root=args.data_root, n=args.n,
         budgets=budgets, attacks=args.attacks, cascade=args.cascade, batch_size=args.batch_size,
         device=args.device, seed=args.seed, progress=False if args.no_progress else None)
     print(ev.table())
     if args.out is not None:
-        from fgr_defense.checkpoint import atomic_write_text
+        # the command's engine (torch among it) is imported when it runs: --help stays fast
+        from fgr_defense.files import atomic_write_text
 
         path = Path(args.out) / "robustness.json"
         text = json.dumps(ev.record(exclude=args.out), indent=1) + "\n"
@@ -235,8 +241,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .evaluate import override_config
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
+    from .config import load_config, override_config
     from .results import summary_table
     from .runner import run_config
 
@@ -250,6 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from .zoo import run_zoo_command
 
     _, _, paths = run_zoo_command(args.dataset, args.threat_model, args.models, args.model_dir, args.data_root,
@@ -266,16 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "train":
-        from fgr_defense.cli import run_train
-
-        return int(run_train(args, prog="deform-robust train", argv=argv))
+        return int(run_train(args, argv=argv))
     handlers = {"evaluate": _cmd_evaluate, "run": _cmd_run, "zoo": _cmd_zoo}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, (ValueError, TypeError, FileNotFoundError)) else 1
-    except OSError as err:  # an output that cannot be written (fgr_defense.checkpoint.OutputWriteError names it)
+    except OSError as err:  # an output that cannot be written (fgr_defense.files.OutputWriteError names it)
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

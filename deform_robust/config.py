@@ -49,18 +49,30 @@ first, as under ``python -m``). Relative paths are relative to the working direc
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
-from fgr_defense.constants import DATASETS, PIPELINES
+from fgr_defense.constants import DATASETS, PIPELINES, REFERENCE_DEFENSE
+from fgr_defense.device import parse_device
 from torchattacks_deform.validation import MAX_BUDGET, check_number
 
-from .registry import AttackEntry, import_object, resolve_attack, validate_attack
+from .config_types import (
+    MODEL_SOURCES,
+    AttackConfig,
+    ChecksConfig,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PlotsConfig,
+    ReportConfig,
+    default_defense,
+)
+from .registry import import_object, validate_attack
+from .yaml_files import read_yaml
 
 __all__ = [
     "MODEL_SOURCES",
@@ -74,149 +86,10 @@ __all__ = [
     "ReportConfig",
     "default_defense",
     "load_config",
+    "override_config",
     "parse_config",
     "read_yaml",
 ]
-
-MODEL_SOURCES = ("checkpoint", "callable", "torchscript", "robustbench", "object")
-
-
-class ConfigError(ValueError):
-    """A config value is missing or wrong; the message starts with the offending key."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "mnist5k"
-    root: str | None = None
-    n: int | None = None
-    batch_size: int = 250
-    pipeline: str = "paper"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One model (a row of the report). ``source="object"``: ``obj`` holds an ``nn.Module`` (Python API)."""
-
-    name: str
-    source: str
-    defense: str
-    group: str = "all"
-    path: str | None = None
-    callable: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-    model_dir: str | None = None
-    dataset: str | None = None
-    threat_model: str | None = None
-    key: str = "models[?]"
-    obj: Any = field(default=None, compare=False, repr=False)
-
-    def spec(self) -> dict[str, Any]:
-        """The JSON-able description saved with results (no live objects)."""
-        out: dict[str, Any] = {"name": self.name, "source": self.source, "defense": self.defense,
-                               "group": self.group}
-        for k in ("path", "callable", "weights", "model_dir", "dataset", "threat_model"):
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = v
-        if self.kwargs:
-            out["kwargs"] = dict(self.kwargs)
-        return out
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    name: str
-    family: str
-    budgets: tuple[float, ...]
-    params: dict[str, Any] = field(default_factory=dict)
-    key: str = "attacks[?]"
-    entry: AttackEntry | None = field(default=None, compare=False, repr=False)
-
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "budgets": list(self.budgets),
-                "params": dict(self.params)}
-
-    @property
-    def resolved(self) -> AttackEntry:
-        """The registry entry (resolved when the config was parsed)."""
-        if self.entry is None:
-            return resolve_attack(self.family)
-        return self.entry
-
-
-@dataclass(frozen=True)
-class ChecksConfig:
-    enabled: bool = True
-    batch: int = 64
-    tolerance: float = 0.01
-
-
-@dataclass(frozen=True)
-class PlotsConfig:
-    enabled: bool = True
-    samples: int = 4
-    grid: int = 21
-    attack: str | None = None
-    models: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    reference_defense: str = "AT-PGD"
-    table1_exclude: tuple[str, ...] = ("Standard",)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    name: str
-    models: tuple[ModelConfig, ...]
-    attacks: tuple[AttackConfig, ...]
-    data: DataConfig = DataConfig()
-    seed: int = 0
-    device: str = "auto"
-    checks: ChecksConfig = ChecksConfig()
-    plots: PlotsConfig = PlotsConfig()
-    report: ReportConfig = ReportConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-able dict that :func:`parse_config` turns back into this config."""
-        return {
-            "name": self.name, "seed": self.seed, "device": self.device,
-            "data": dict(self.data.__dict__),
-            "models": [m.spec() for m in self.models],
-            "attacks": [a.spec() for a in self.attacks],
-            "checks": dict(self.checks.__dict__),
-            "plots": {**self.plots.__dict__,
-                      "models": list(self.plots.models) if self.plots.models is not None else None},
-            "report": {"reference_defense": self.report.reference_defense,
-                       "table1_exclude": list(self.report.table1_exclude)},
-        }
-
-    def model(self, name: str) -> ModelConfig:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(name)
-
-    def attack(self, name: str) -> AttackConfig:
-        for a in self.attacks:
-            if a.name == name:
-                return a
-        raise KeyError(name)
-
-
-# --------------------------------------------------------------------------------------
-def default_defense(name: str) -> str:
-    """The defense family of a model name: the name without a trailing ``(...)``.
-
-    Example:
-        >>> default_defense("IGR(lam=1000)"), default_defense("FGR+RS"), default_defense("IGR lam=3000")
-        ('IGR', 'FGR+RS', 'IGR lam=3000')
-    """
-    return re.sub(r"\s*\(.*\)\s*$", "", name).strip() or name
-
 
 def _fail(key: str, msg: str) -> ConfigError:
     return ConfigError(f"{key}: {msg}")
@@ -365,7 +238,7 @@ def parse_config(raw: Any, source: str = "<dict>", check_files: bool = True) -> 
         ...               "params": {"steps": -5}}]})
         Traceback (most recent call last):
         ...
-        deform_robust.config.ConfigError: <dict>: attacks[0].params.steps: expected an int >= 0, got -5
+        deform_robust.config_types.ConfigError: <dict>: attacks[0].params.steps: expected an int >= 0, got -5
     """
     try:
         return _parse(raw, check_files)
@@ -388,8 +261,10 @@ def _parse(raw: Any, check_files: bool) -> EvalConfig:
     models = tuple(_parse_model(m, i, data, check_files) for i, m in enumerate(models_raw))
     _unique([m.name for m in models], "models", "name")
     device = _req_str(raw.get("device", "auto"), "device")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise _fail("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    try:
+        parse_device(device)  # the one device rule; whether this machine has it is checked when the run starts
+    except ValueError:
+        raise _fail("device", f"expected auto, cpu, cuda, cuda:N or another torch device, got {device!r}") from None
     checks = _check_keys(raw.get("checks") or {}, "checks", {"enabled", "batch", "tolerance"})
     checks_cfg = ChecksConfig(
         enabled=_bool(checks.get("enabled", True), "checks.enabled"),
@@ -412,7 +287,7 @@ def _parse(raw: Any, check_files: bool) -> EvalConfig:
         attack=plot_attack, models=plot_models,
     )
     report = _check_keys(raw.get("report") or {}, "report", {"reference_defense", "table1_exclude"})
-    ref = _req_str(report.get("reference_defense", "AT-PGD"), "report.reference_defense")
+    ref = _req_str(report.get("reference_defense", REFERENCE_DEFENSE), "report.reference_defense")
     exclude = report.get("table1_exclude", ["Standard"])
     if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
         raise _fail("report.table1_exclude", f"expected a list of defense names, got {exclude!r}")
@@ -432,95 +307,6 @@ def _unique(names: list[str], key: str, field_name: str) -> None:
         seen.add(n)
 
 
-class _StrictYAMLError(yaml.YAMLError):
-    """A duplicate key or an anchor/alias (:func:`read_yaml`)."""
-
-
-#: Most values a YAML file may expand to through anchors and aliases (a config has hundreds).
-YAML_MAX_VALUES = 100_000
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys, recursive aliases and alias bombs (``read_yaml``)."""
-
-    def compose_document(self) -> Any:
-        self.get_event()  # DOCUMENT-START
-        node = self.compose_node(None, None)  # type: ignore[arg-type]
-        self.get_event()  # DOCUMENT-END
-        anchors, self.anchors = self.anchors, {}
-        _check_expansion(node, anchors)
-        return node
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: the base class says so
-                    break
-                if first is not None:
-                    raise _StrictYAMLError(f"{key}: duplicate key at line {line} (first at line {first}); "
-                                         "each key may appear once in a mapping")
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_expansion(root: Any, anchors: dict[str, Any]) -> None:
-    """Refuse a node graph whose aliases expand it beyond :data:`YAML_MAX_VALUES` values, or into a loop."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: Any) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise _StrictYAMLError(f"recursive alias at line {node.start_mark.line + 1}: a value may not "
-                                   "contain itself")
-        active.add(key)
-        if isinstance(node, yaml.SequenceNode):
-            total = 1 + sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total = 1 + sum(size(k) + size(v) for k, v in node.value)
-        else:
-            total = 1
-        active.discard(key)
-        sizes[key] = min(total, YAML_MAX_VALUES + 1)  # capped: no huge integers either
-        return sizes[key]
-
-    if size(root) > YAML_MAX_VALUES:
-        name, node = max(anchors.items(), key=lambda kv: sizes.get(id(kv[1]), 0), default=("?", root))
-        raise _StrictYAMLError(f"anchor {name!r} (line {node.start_mark.line + 1}): its aliases expand the file "
-                               f"to more than {YAML_MAX_VALUES} values (an alias bomb?); write the values out")
-
-
-def read_yaml(path: str | Path, what: str = "config") -> Any:
-    """The content of a YAML file, with errors that name it.
-
-    Stricter than ``yaml.safe_load``: a key that appears twice in a mapping is refused (YAML
-    would keep the last silently), and so are aliases that make a value contain itself or
-    expand the file to more than :data:`YAML_MAX_VALUES` values (``&a`` / ``*a`` nested: a
-    "billion laughs" file of a few lines would expand to gigabytes downstream).
-
-    Raises:
-        FileNotFoundError: no such file (``"<what>: no file at ..."``).
-        ConfigError: not valid YAML, not UTF-8, a duplicate key, a recursive alias or an alias
-            bomb (names the file, and the key or anchor with its line).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no file at {str(path)!r}")
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except _StrictYAMLError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not a valid YAML file: {err}") from None
-
-
 def load_config(path: str | Path, check_files: bool = True) -> EvalConfig:
     """Read and validate a YAML config file (configs are code: see the module docstring).
 
@@ -529,3 +315,21 @@ def load_config(path: str | Path, check_files: bool = True) -> EvalConfig:
         ConfigError: invalid content (the message names the file and the key).
     """
     return parse_config(read_yaml(path), source=str(path), check_files=check_files)
+
+
+def override_config(cfg: EvalConfig, n: int | None = None, batch_size: int | None = None,
+                    device: str | None = None) -> EvalConfig:
+    """``cfg`` with command-line overrides of ``data.n``, ``data.batch_size`` and ``device``."""
+    data: DataConfig = cfg.data
+    if n is not None:
+        if n < 1:
+            raise ConfigError(f"--n: expected a positive number of examples, got {n}")
+        data = replace(data, n=n)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size: expected a positive int, got {batch_size}")
+        data = replace(data, batch_size=batch_size)
+    cfg = replace(cfg, data=data)
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    return cfg

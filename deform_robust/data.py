@@ -162,6 +162,7 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 def _from_folder(path: Path) -> tuple[Tensor, Tensor, int]:
     """An ImageFolder as tensors: 1 channel when every image is grayscale, else 3 (RGB)."""
+    # torchvision/PIL: only for an ImageFolder or a torchvision dataset
     from PIL import Image
     from torchvision import datasets
     from torchvision.transforms import ToTensor

@@ -1,9 +1,9 @@
 """``deform-robust evaluate``: one model given on the command line, one set of test images.
 
-:func:`load_model_spec` turns a model spec into a module; :func:`run_model_spec` runs
-:func:`torchattacks_deform.evaluate_robustness` at each budget (a :class:`SpecEvaluation`:
+:func:`load_model_source` turns a model source into a module; :func:`run_model_source` runs
+:func:`torchattacks_deform.evaluate_robustness` at each budget (a :class:`ModelEvaluation`:
 the text table, the JSON record with its provenance, CSV rows and the adversarial images);
-:func:`evaluate_model_spec` returns the table and the record. :func:`check_writable` checks
+:func:`evaluate_model_source` returns the table and the record. :func:`check_writable` checks
 an output destination before the evaluation starts.
 """
 
@@ -18,16 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from fgr_defense.checkpoint import (
-    CHECKPOINT_FORMAT,
-    atomic_save,
-    check_writable,
-    model_from_checkpoint,
-)
+from fgr_defense.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_from_checkpoint
 from fgr_defense.device import resolve_device
+from fgr_defense.files import check_writable
 from torchattacks_deform import RobustnessReport, evaluate_robustness
 
-from .config import ConfigError, DataConfig, EvalConfig
 from .data import load_test_data
 from .models import import_callable, load_state_dict_file
 from .provenance import provenance
@@ -35,8 +30,8 @@ from .registry import resolve_attack
 from .results import write_csv
 from .robustbench import ROBUSTBENCH_DATASETS, expected_weight_files, load_robustbench_model
 
-__all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "SpecEvaluation", "check_writable", "evaluate_model_spec",
-           "load_model_spec", "override_config", "run_model_spec", "weights_files", "write_output"]
+__all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "ModelEvaluation", "check_writable", "evaluate_model_source",
+           "load_model_source", "run_model_source", "weights_files", "write_output"]
 
 #: Format name of the ``adversarial_eps<eps>.pt`` files of ``evaluate --save-adv``.
 ADVERSARIAL_FORMAT = "deform-robust-adversarial/1"
@@ -56,9 +51,9 @@ def _our_checkpoint(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
 
 
-def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any] | None = None,
+def load_model_source(source: str, weights: str | None = None, kwargs: dict[str, Any] | None = None,
                     model_dir: str = "models", threat_model: str = "Linf", dataset: str | None = None) -> nn.Module:
-    """The model of a command-line spec, in eval mode on the CPU.
+    """The model of a command-line source, in eval mode on the CPU.
 
     Specs: ``robustbench:<name>`` or ``robustbench:<zoo>/<name>`` (``zoo`` ``cifar10`` or
     ``cifar100``; needed when ``dataset`` is the user's own data of the zoo's image shape;
@@ -67,17 +62,17 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
     ``kwargs`` and loaded with the state dict in ``weights``.
 
     Raises:
-        FileNotFoundError: a missing file. ValueError: an unusable spec or file.
+        FileNotFoundError: a missing file. ValueError: an unusable source or file.
     """
-    if spec.startswith("robustbench:"):
-        zoo, _, name = spec.split(":", 1)[1].rpartition("/")
+    if source.startswith("robustbench:"):
+        zoo, _, name = source.split(":", 1)[1].rpartition("/")
         zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
         if zoo not in ROBUSTBENCH_DATASETS:
             raise ValueError(f"--model: expected robustbench:<zoo>/<name> with zoo one of {ROBUSTBENCH_DATASETS} "
                              f"(e.g. robustbench:cifar10/{name or 'Standard'}) when --data is your own data, got "
-                             f"{spec!r} with --data {dataset!r}")
+                             f"{source!r} with --data {dataset!r}")
         return load_robustbench_model(name, zoo, threat_model, model_dir)
-    path = Path(spec)
+    path = Path(source)
     if path.is_file():
         if weights is not None:
             raise ValueError("--weights: only used with a 'module:callable' model")
@@ -87,36 +82,36 @@ def load_model_spec(spec: str, weights: str | None = None, kwargs: dict[str, Any
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others for foreign files
-            raise ValueError(f"--model: {spec!r} is neither a deform-robust checkpoint nor a TorchScript file "
+            raise ValueError(f"--model: {source!r} is neither a deform-robust checkpoint nor a TorchScript file "
                              f"({type(err).__name__}); for a plain state dict use --model module:callable "
                              "--weights FILE") from None
-    if ":" not in spec:
-        raise FileNotFoundError(f"--model: no file at {spec!r} (and not 'module:callable' or 'robustbench:<name>')")
-    model = import_callable(spec, "--model")(**(kwargs or {}))  # ConfigError is a ValueError
+    if ":" not in source:
+        raise FileNotFoundError(f"--model: no file at {source!r} (and not 'module:callable' or 'robustbench:<name>')")
+    model = import_callable(source, "--model")(**(kwargs or {}))  # ConfigError is a ValueError
     if not isinstance(model, nn.Module):
-        raise ValueError(f"--model: {spec!r} returned {type(model).__name__}, expected an nn.Module")
+        raise ValueError(f"--model: {source!r} returned {type(model).__name__}, expected an nn.Module")
     if weights is not None:
         try:
             model.load_state_dict(load_state_dict_file(weights, "--model"))
         except RuntimeError as err:
-            raise ValueError(f"--weights: {weights!r} does not fit {spec}: {err}") from None
+            raise ValueError(f"--weights: {weights!r} does not fit {source}: {err}") from None
     return model.eval()
 
 
-def weights_files(spec: str, weights: str | None = None, model_dir: str = "models", threat_model: str = "Linf",
+def weights_files(source: str, weights: str | None = None, model_dir: str = "models", threat_model: str = "Linf",
                   dataset: str | None = None) -> list[Path]:
-    """The weights or checkpoint file(s) :func:`load_model_spec` reads for a spec (none for a bare callable).
+    """The weights or checkpoint file(s) :func:`load_model_source` reads for a source (none for a bare callable).
 
     Example:
         >>> [p.name for p in weights_files("mypkg.nets:Net", weights="net.pt")], weights_files("mypkg.nets:Net")
         (['net.pt'], [])
     """
-    if spec.startswith("robustbench:"):
-        zoo, _, name = spec.split(":", 1)[1].rpartition("/")
+    if source.startswith("robustbench:"):
+        zoo, _, name = source.split(":", 1)[1].rpartition("/")
         zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
         return expected_weight_files(name, zoo, threat_model, model_dir)
-    if Path(spec).is_file():
-        return [Path(spec)]
+    if Path(source).is_file():
+        return [Path(source)]
     return [Path(weights)] if weights is not None else []
 
 
@@ -155,8 +150,8 @@ def _attacks(name: str, model: nn.Module, eps: float) -> Any:
 
 
 @dataclasses.dataclass
-class SpecEvaluation:
-    """What :func:`run_model_spec` found: one report per budget, and what to write from them.
+class ModelEvaluation:
+    """What :func:`run_model_source` found: one report per budget, and what to write from them.
 
     Attributes:
         model, source, attacks, cascade, seed: the settings (``source``: the data's name).
@@ -265,49 +260,31 @@ class SpecEvaluation:
         write_output(path, flag, lambda: write_csv(Path(path), self.csv_rows(), CSV_COLUMNS))
 
 
-def run_model_spec(*, model: str, data: str, budgets: Sequence[float], weights: str | None = None,
+def run_model_source(*, model: str, data: str, budgets: Sequence[float], weights: str | None = None,
                    kwargs: dict[str, Any] | None = None, model_dir: str = "models", threat_model: str = "Linf",
                    data_root: str | None = None, n: int | None = None, attacks: str = "standard",
                    cascade: bool = False, batch_size: int = 256, device: str = "auto", seed: int = 0,
-                   progress: bool | None = None) -> SpecEvaluation:
-    """Evaluate a model spec on test data at each budget, each from ``seed`` (the caller's RNG is untouched).
+                   progress: bool | None = None) -> ModelEvaluation:
+    """Evaluate a model source on test data at each budget, each from ``seed`` (the caller's RNG is untouched).
 
     Example:
-        >>> ev = run_model_spec(model="fgr_defense.models:SmallCNN", kwargs={"width": 4}, data="mnist5k", n=4,
+        >>> ev = run_model_source(model="fgr_defense.models:SmallCNN", kwargs={"width": 4}, data="mnist5k", n=4,
         ...                     budgets=[0.5], attacks="FlowFGSM", progress=False, device="cpu")
         >>> [row["attack"] for row in ev.csv_rows()], ev.record()["provenance"]["package"]
         (['clean', 'FlowFGSM', 'worst case'], 'deform-robust')
     """
     test = load_test_data(data, data_root, n)
-    net = load_model_spec(model, weights, kwargs, model_dir, threat_model, dataset=data)
+    net = load_model_source(model, weights, kwargs, model_dir, threat_model, dataset=data)
     dev = resolve_device(device)
     net = net.to(dev)
     reports = [evaluate_robustness(net, test.images, test.labels, eps=eps, attacks=_attacks(attacks, net, eps),
                                    cascade=cascade, batch_size=batch_size, device=dev, progress=progress, seed=seed)
                for eps in budgets]
-    return SpecEvaluation(model=model, source=test.source, attacks=attacks, cascade=cascade, seed=seed,
+    return ModelEvaluation(model=model, source=test.source, attacks=attacks, cascade=cascade, seed=seed,
                           reports=reports, weights=weights_files(model, weights, model_dir, threat_model, data))
 
 
-def evaluate_model_spec(**kwargs: Any) -> tuple[str, dict[str, Any]]:
-    """:func:`run_model_spec` (same keyword arguments); returns ``(text table, JSON record)``."""
-    ev = run_model_spec(**kwargs)
+def evaluate_model_source(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """:func:`run_model_source` (same keyword arguments); returns ``(text table, JSON record)``."""
+    ev = run_model_source(**kwargs)
     return ev.table(), ev.record()
-
-
-def override_config(cfg: EvalConfig, n: int | None = None, batch_size: int | None = None,
-                    device: str | None = None) -> EvalConfig:
-    """``cfg`` with command-line overrides of ``data.n``, ``data.batch_size`` and ``device``."""
-    data: DataConfig = cfg.data
-    if n is not None:
-        if n < 1:
-            raise ConfigError(f"--n: expected a positive number of examples, got {n}")
-        data = dataclasses.replace(data, n=n)
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size: expected a positive int, got {batch_size}")
-        data = dataclasses.replace(data, batch_size=batch_size)
-    cfg = dataclasses.replace(cfg, data=data)
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    return cfg

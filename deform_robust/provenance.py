@@ -118,6 +118,7 @@ def provenance(weights: Union[PathLike, Sequence[PathLike], None] = None, *, wei
         >>> info["package"], info["weights_sha256"]
         ('deform-robust', None)
     """
+    # torch and the package version: only when provenance is recorded
     import torch
 
     from . import __version__

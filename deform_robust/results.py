@@ -19,15 +19,21 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from fgr_defense.checkpoint import atomic_write_text
+from fgr_defense.files import atomic_write_text
+
+from .cells import SUITE_VERSION
+
+if TYPE_CHECKING:  # annotations only: this module stays torch-free (the reports read results)
+    from .config import EvalConfig
 
 __all__ = [
     "CSV_FIELDS",
     "RESULTS_FORMAT",
     "WORST_CASE_RULE",
     "WORST_FIELDS",
+    "assemble",
     "mask",
     "mask_str",
     "read_results",
@@ -171,3 +177,26 @@ def summary_table(results: dict[str, Any]) -> str:
             for m in results["models"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+def assemble(cfg: EvalConfig, records: Sequence[dict[str, Any]], data: dict[str, Any], device: str,
+             findings: list[dict[str, Any]], versions: dict[str, str]) -> dict[str, Any]:
+    """The results dict of a config's cell records: models, cells, the per-example worst case, the checks.
+
+    ``data`` is the test data's ``source``, ``n``, ``num_classes`` and ``shape``; ``findings``
+    the masking checks' (:mod:`deform_robust.checks`); ``versions`` the software's.
+    """
+    clean = {r["model"]: r for r in records if r["kind"] == "clean"}
+    cells = [r for r in records if r["kind"] == "attack"]
+    models = [{**m.to_dict(), "clean_acc": clean[m.name]["clean_acc"], "clean_count": clean[m.name]["clean_count"],
+               "n": clean[m.name]["n"], "architecture": clean[m.name].get("architecture"),
+               "fingerprint": clean[m.name]["components"]["model"], "correct": clean[m.name]["correct"]}
+              for m in cfg.models]
+    worst = [w for m in cfg.models for w in worst_case(m.name, clean[m.name], cells)]
+    return {
+        "format": RESULTS_FORMAT, "suite_version": SUITE_VERSION, "versions": versions, "name": cfg.name,
+        "device": device, "config": cfg.to_dict(),
+        "data": {**data, "sha256": records[0]["components"]["data"]["sha256"] if records else None},
+        "models": models, "cells": cells, "worst_case": worst, "worst_case_rule": WORST_CASE_RULE,
+        "checks": findings,
+    }

@@ -87,6 +87,7 @@ def import_robustbench_utils() -> ModuleType:
 
 def _enums() -> tuple[Any, Any]:
     import_robustbench_utils()
+    # robustbench is optional (pip install deform-robust[robustbench])
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     return BenchmarkDataset, ThreatModel
@@ -109,6 +110,7 @@ def robustbench_entry(name: str, dataset: str, threat_model: str) -> dict[str, A
     if threat_model not in _THREAT_MODELS:
         raise ValueError(f"threat_model: expected one of {_THREAT_MODELS}, got {threat_model!r}")
     benchmark_dataset, threat = _enums()
+    # robustbench is optional (pip install deform-robust[robustbench])
     from robustbench.model_zoo import model_dicts
 
     zoo = model_dicts[benchmark_dataset(dataset)][threat(threat_model)]

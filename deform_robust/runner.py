@@ -20,7 +20,6 @@ Distributed:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -28,14 +27,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fgr_defense.checkpoint import atomic_write_text, remove_stale_temporaries
+import torchattacks_deform
 from fgr_defense.device import resolve_device
 from fgr_defense.distributed import init_distributed
+from fgr_defense.files import atomic_write_text, remove_stale_temporaries
 from torchattacks_deform import flow_norm
+from torchattacks_deform.engine import attack_batch, seeded
+from torchattacks_deform.report import fraction
+from torchattacks_deform.validation import check_logits
 
 from .cells import (
     SUITE_VERSION,
@@ -43,10 +47,13 @@ from .cells import (
     CellStore,
     OutputLock,
     assign_cells,
+    cell_components,
     cell_seed,
+    data_fingerprint,
     describe_change,
     digest,
     merge_records,
+    plan_cells,
 )
 from .checks import (
     check_budget,
@@ -59,47 +66,15 @@ from .config import ConfigError, EvalConfig, ModelConfig
 from .data import TestData, load_test_data
 from .models import load_entry, model_fingerprint
 from .provenance import models_weights_sha256, provenance
-from .results import RESULTS_FORMAT, WORST_CASE_RULE, mask_str, worst_case, write_results
+from .results import assemble, mask_str, write_results
 
-__all__ = ["ModelCache", "QueryCounter", "StaleResultsError", "plan_cells", "run_config"]
+__all__ = ["ModelCache", "QueryCounter", "StaleResultsError", "run_config"]
 
 logger = logging.getLogger(__name__)
 
 
 class StaleResultsError(RuntimeError):
     """Finished cells in the output folder were computed with different settings."""
-
-
-def plan_cells(cfg: EvalConfig) -> list[Cell]:
-    """All cells of a config, model-major: the clean cell, then each attack and budget."""
-    cells: list[Cell] = []
-    for m in cfg.models:
-        cells.append(Cell(m.name))
-        for a in cfg.attacks:
-            cells.extend(Cell(m.name, a.name, i, b) for i, b in enumerate(a.budgets))
-    return cells
-
-
-def data_fingerprint(images: Tensor, labels: Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(images.contiguous().numpy().tobytes())
-    h.update(labels.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _components(cfg: EvalConfig, cell: Cell, data_fp: str, model_fps: dict[str, Any]) -> dict[str, Any]:
-    comp: dict[str, Any] = {
-        "suite_version": SUITE_VERSION,
-        "data": {"source": cfg.data.dataset, "pipeline": cfg.data.pipeline, "n": cfg.data.n, "sha256": data_fp},
-        "model": model_fps[cell.model], "seed": cfg.seed,
-    }
-    if cell.attack is None:
-        comp["checks"] = {"enabled": cfg.checks.enabled, "batch": cfg.checks.batch}
-    else:
-        a = cfg.attack(cell.attack)
-        comp["attack"] = {"family": a.family, "params": a.params, "budget": cell.budget}
-        comp["batch_size"] = cfg.data.batch_size
-    return comp
 
 
 class QueryCounter(nn.Module):
@@ -122,13 +97,10 @@ class QueryCounter(nn.Module):
 
 def _logits(model: nn.Module, x: Tensor, m: ModelConfig) -> Tensor:
     out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ConfigError(f"{m.key}: expected logits of shape ({x.shape[0]}, K), got {shape}")
-    bad = int((~torch.isfinite(out)).any(dim=1).sum())
-    if bad:
-        raise ConfigError(f"{m.key}: the model returns NaN or inf logits for {bad} of {x.shape[0]} test images; "
-                          "its results would be meaningless (check the weights and the input range)")
+    try:
+        check_logits(out, x.shape[0], "model output", finite=True)
+    except (TypeError, ValueError) as err:  # the config's model: name it
+        raise ConfigError(f"{m.key}: {err}") from None
     return out
 
 
@@ -168,10 +140,6 @@ class ModelCache:
         return self.model, self.correct
 
 
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
-
-
 def _run_clean(cfg: EvalConfig, cell: Cell, cache: ModelCache) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, correct = cache.get(cell.model)
@@ -179,26 +147,12 @@ def _run_clean(cfg: EvalConfig, cell: Cell, cache: ModelCache) -> dict[str, Any]
     if cfg.checks.enabled:
         k = min(cfg.checks.batch, len(cache.data.labels))
         x, y = cache.data.images[:k].to(cache.device), cache.data.labels[:k].to(cache.device)
-        with torch.random.fork_rng(devices=_rng_devices(cache.device)):
-            torch.manual_seed(cell_seed(cfg.seed, cell))
+        with seeded(cell_seed(cfg.seed, cell), cache.device):
             findings = model_checks(model, x, y, cell.model)
     return {"kind": "clean", "model": cell.model, "n": len(correct), "clean_count": int(correct.sum()),
-            "clean_acc": float(correct.float().mean()), "correct": mask_str(correct),
+            "clean_acc": fraction(correct), "correct": mask_str(correct),
             "model_checks": findings, "architecture": type(model).__name__,
             "meta": json.loads(json.dumps(cache.meta, default=str)), "time_s": time.perf_counter() - t0}
-
-
-def _attack_batch(atk: Any, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(adversarial images, displacement)``: the flow of a flow attack, else ``adv - x``."""
-    if hasattr(atk, "get_flow") and hasattr(atk, "apply_flow"):
-        flow = atk.get_flow(x, y)
-        return atk.apply_flow(x, flow), flow
-    adv = atk(x, y)
-    if not isinstance(adv, Tensor) or adv.shape != x.shape:
-        got = tuple(adv.shape) if isinstance(adv, Tensor) else type(adv).__name__
-        raise ValueError(f"attack: expected adversarial images of shape {tuple(x.shape)}, got {got}")
-    adv = adv.detach().to(x.device, x.dtype)
-    return adv, adv - x
 
 
 def _sizes(delta: Tensor, space: str) -> tuple[Tensor, Tensor]:
@@ -236,12 +190,9 @@ def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache, progress: bool |
         for b, start in enumerate(starts):
             sel = idx[start:start + bs]
             x, y = cache.data.images[sel].to(cache.device), cache.data.labels[sel].to(cache.device)
-            with torch.random.fork_rng(devices=_rng_devices(cache.device)):
-                torch.manual_seed(seed + b)
-                adv, delta = _attack_batch(atk, x, y)
-            with torch.no_grad():
-                robust[sel] = (model(adv).argmax(1) == y).cpu()
-            lin, l2n = _sizes(delta, entry.info.space)
+            outcome = attack_batch(model, atk, x, y, seed=seed + b)
+            robust[sel] = (~outcome.fooled).cpu()
+            lin, l2n = _sizes(outcome.displacement, entry.info.space)
             linf.append(lin)
             l2.append(l2n)
             q = getattr(atk, "last_queries", None)
@@ -261,8 +212,8 @@ def _run_attack(cfg: EvalConfig, cell: Cell, cache: ModelCache, progress: bool |
         "attack_kind": entry.info.kind, "uses_gradients": entry.info.uses_gradients, "space": entry.info.space,
         "budget_index": cell.budget_index, "budget": cell.budget, "budget_unit": entry.budget_unit,
         "budget_norm": entry.budget_norm(a.params), "params": a.params,
-        "n": len(correct), "clean_count": int(correct.sum()), "clean_acc": float(correct.float().mean()),
-        "n_attacked": len(idx), "robust_count": int(robust.sum()), "robust_acc": float(robust.float().mean()),
+        "n": len(correct), "clean_count": int(correct.sum()), "clean_acc": fraction(correct),
+        "n_attacked": len(idx), "robust_count": int(robust.sum()), "robust_acc": fraction(robust),
         "linf_mean": stat(lin_all, "mean"), "l2_mean": stat(l2_all, "mean"),
         "linf_max": stat(lin_all, "max"), "l2_max": stat(l2_all, "max"),
         "queries_per_sample": counter.count / max(len(idx), 1),
@@ -339,7 +290,7 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
     stale: list[str] = []
     idents: dict[str, dict[str, Any]] = {}
     for cell in cells:
-        comp = _components(cfg, cell, data_fp, model_fps)
+        comp = cell_components(cfg, cell, data_fp, model_fps)
         idents[cell.key] = {"fingerprint": digest(comp), "components": comp}
         rec = store.read(cell)
         if rec is not None and rec.get("fingerprint") == idents[cell.key]["fingerprint"]:
@@ -363,8 +314,6 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
     if world > 1:
         # Every rank read the cell files; nobody writes one before all have (barrier), and all
         # ranks split rank 0's to-do list, so no cell is skipped or run twice.
-        import torch.distributed as dist
-
         keys = [[c.key for c, _ in todo]]
         dist.barrier()
         dist.broadcast_object_list(keys, src=0)
@@ -399,8 +348,6 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
                 on_cell_done(cell, rec)
     bar.close()
     if world > 1:
-        import torch.distributed as dist
-
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(new, gathered, dst=0)
         if rank != 0:
@@ -413,40 +360,27 @@ def _run(cfg: EvalConfig, out: Path, overwrite_stale: bool,
                 store.write(rec, cell)
     else:
         done.update({r["key"]: r for r in new})
-    results = assemble(cfg, [done[c.key] for c in cells], data, device=str(device))
+    records = [done[c.key] for c in cells]
+    summary = {"source": data.source, "n": len(data.labels), "num_classes": data.num_classes, "shape": list(data.shape)}
+    results = assemble(cfg, records, summary, str(device), _findings(cfg, records), _versions())
     results["provenance"] = provenance(weights_sha256=models_weights_sha256(results["models"]), exclude=out)
     write_results(results, out)
     return results
 
 
-def _versions() -> dict[str, str]:
-    import torchattacks_deform
-
-    return {"suite": SUITE_VERSION, "torch": torch.__version__,
-            "torchattacks_deform": getattr(torchattacks_deform, "__version__", "?")}
-
-
-def assemble(cfg: EvalConfig, records: list[dict[str, Any]], data: TestData, device: str = "cpu") -> dict[str, Any]:
-    """The results dict of all cell records of a config (and the result checks, emitted as warnings)."""
-    clean = {r["model"]: r for r in records if r["kind"] == "clean"}
+def _findings(cfg: EvalConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The masking checks' findings: each model's (computed with its clean cell) and the result checks (warned)."""
     cells = [r for r in records if r["kind"] == "attack"]
-    models = [{**m.spec(), "clean_acc": clean[m.name]["clean_acc"], "clean_count": clean[m.name]["clean_count"],
-               "n": clean[m.name]["n"], "architecture": clean[m.name].get("architecture"),
-               "fingerprint": clean[m.name]["components"]["model"], "correct": clean[m.name]["correct"]}
-              for m in cfg.models]
-    worst = [w for m in cfg.models for w in worst_case(m.name, clean[m.name], cells)]
-    findings: list[dict[str, Any]] = [f for m in cfg.models for f in clean[m.name].get("model_checks", [])]
+    findings: list[dict[str, Any]] = [f for r in records if r["kind"] == "clean" for f in r.get("model_checks", [])]
     if cfg.checks.enabled:
         findings += check_es_beats_gradients(cells, cfg.checks.tolerance)
         findings += check_monotone_budget(cells, cfg.checks.tolerance)
         for c in cells:
             findings += check_budget(c)
     emit(findings)
-    return {
-        "format": RESULTS_FORMAT, "suite_version": SUITE_VERSION, "versions": _versions(), "name": cfg.name,
-        "device": device, "config": cfg.to_dict(),
-        "data": {"source": data.source, "n": len(data.labels), "num_classes": data.num_classes,
-                 "shape": list(data.shape), "sha256": records[0]["components"]["data"]["sha256"] if records else None},
-        "models": models, "cells": cells, "worst_case": worst, "worst_case_rule": WORST_CASE_RULE,
-        "checks": findings,
-    }
+    return findings
+
+
+def _versions() -> dict[str, str]:
+    return {"suite": SUITE_VERSION, "torch": torch.__version__,
+            "torchattacks_deform": getattr(torchattacks_deform, "__version__", "?")}

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from fgr_defense.checkpoint import atomic_write_text
+from fgr_defense.files import atomic_write_text
 
 from .config import EvalConfig, parse_config, read_yaml
 from .provenance import provenance

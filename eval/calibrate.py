@@ -47,9 +47,10 @@ from typing import Any, Mapping, Sequence
 
 from tqdm import tqdm
 
-from fgr_defense.presets import resolve_defense_name
+from fgr_defense.defenses import resolve_defense_name
 
 from .presets import Instance, Preset, PresetError
+from .report import md_table, pct
 
 __all__ = ["calibration_plan", "choose_weights", "expected_clean", "render_calibration", "run_calibration"]
 
@@ -210,9 +211,10 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
 def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None = None, device: str = "auto",
                     progress: bool = True) -> dict[str, Any]:
     """Train the scan on the calibration seeds, choose the grids, write the outputs; returns the JSON dict."""
+    # torch, training, matplotlib: only when calibrating (rendering the report needs none)
+    from deform_robust.training import train_from_spec
     from fgr_defense.device import resolve_device
     from fgr_defense.naming import file_slug
-    from fgr_defense.spec import train_from_spec
 
     from .pipeline import instance_spec
     from .provenance import git_revision, machine
@@ -253,7 +255,8 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
               "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(exclude=out),
                          **machine(dev)}}
     out.mkdir(parents=True, exist_ok=True)
-    from fgr_defense.checkpoint import atomic_write_text
+    # torch, training, matplotlib: only when calibrating (rendering the report needs none)
+    from fgr_defense.files import atomic_write_text
 
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=1) + "\n")
     figure = _plot(result, out / "calibration.png")
@@ -263,8 +266,6 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
 
 def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> str:
     """The Markdown summary: every scanned model, the chosen grids and the YAML lines for the preset."""
-    from .report import md_table, pct
-
     zero = result["zero_clean"]
     seeds = result.get("seeds") or [result["seed"]]
     lines = [f"# Calibration of `{result['preset']}` on seed{'s' if len(seeds) > 1 else ''} "
@@ -298,9 +299,11 @@ def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> 
 
 
 def _plot(result: Mapping[str, Any], path: Path) -> str | None:
+    # torch, training, matplotlib: only when calibrating (rendering the report needs none)
     import matplotlib
 
     matplotlib.use("Agg")
+    # torch, training, matplotlib: only when calibrating (rendering the report needs none)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -10,6 +10,7 @@ import argparse
 import logging
 import shlex
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -123,10 +124,12 @@ def _seeds(text: str | None) -> list[int] | None:
 
 def _finish_run(results: dict[str, Any], cfg: Any, out: Path, plots: bool, data: Any = None) -> None:
     """Figures (``data``: the test data the run used, loaded here when not given) and report.md."""
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from .report import write_report
 
     files = None
     if plots and cfg.plots.enabled:
+        # the command's engine (torch among it) is imported when it runs: --help stays fast
         from deform_robust.data import load_test_data
         from fgr_defense.device import resolve_device
 
@@ -141,9 +144,9 @@ def _finish_run(results: dict[str, Any], cfg: Any, out: Path, plots: bool, data:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from deform_robust.config import load_config
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
+    from deform_robust.config import load_config, override_config
     from deform_robust.data import load_test_data
-    from deform_robust.evaluate import override_config
     from deform_robust.runner import run_config
 
     cfg = override_config(load_config(args.config), n=args.n, batch_size=args.batch_size, device=args.device)
@@ -157,8 +160,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from deform_robust.results import read_results
 
     from .pipeline_report import (
@@ -167,6 +169,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         reanalyze,
         write_pipeline_outputs,
     )
+
+    # (these too: imported when the command runs)
     from .provenance import git_revision
     from .report import write_report
 
@@ -187,6 +191,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from deform_robust.results import read_results
     from deform_robust.zoo import run_zoo_command
 
@@ -200,6 +205,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from .pipeline import describe, prepare, run_pipeline
     from .pipeline_report import format_summary
 
@@ -220,6 +226,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    # the command's engine (torch among it) is imported when it runs: --help stays fast
     from .calibrate import render_calibration, run_calibration
     from .presets import load_preset
 

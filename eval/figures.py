@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fgr_defense.checkpoint import atomic_write
+from fgr_defense.files import atomic_write
 
 from .analysis import robust_of
 

@@ -27,11 +27,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from deform_robust.config import EvalConfig, parse_config
 from deform_robust.data import load_test_data
 from deform_robust.runner import run_config
-from fgr_defense.constants import DATASETS
+from deform_robust.training import TrainSpec, train_from_spec
+from fgr_defense.constants import DATASETS, REFERENCE_DEFENSE
+from fgr_defense.defenses import paper_weight
 from fgr_defense.device import resolve_device
 from fgr_defense.naming import file_slug
-from fgr_defense.presets import paper_weight
-from fgr_defense.spec import TrainSpec, train_from_spec
 
 from .analysis import analyze, attack_strength
 from .figures import frontier_plot, matched_plot, matching_plot
@@ -199,7 +199,7 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     if p.analysis.get("families"):
         analysis = analyze(runs, p.analysis["families"],
                            p.analysis.get("pairs", [["FGR", "IGR"], ["FGR+RS", "IGR"], ["FGR+RS", "FGR"]]),
-                           p.analysis.get("reference", "AT-PGD"), p.paper_gains(), p.analysis.get("zero_weight"))
+                           p.analysis.get("reference", REFERENCE_DEFENSE), p.paper_gains(), p.analysis.get("zero_weight"))
     out.mkdir(parents=True, exist_ok=True)
     figures: list[str] = []
     if p.raw.get("plots", {}).get("enabled", True):

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from deform_robust.results import CSV_FIELDS, WORST_FIELDS, write_csv
-from fgr_defense.checkpoint import atomic_write_text
+from fgr_defense.constants import REFERENCE_DEFENSE
+from fgr_defense.files import atomic_write_text
 
 from .analysis import WORST, analyze
 from .report import md_table, pct, render_report
@@ -328,6 +329,6 @@ def reanalyze(res: dict[str, Any]) -> dict[str, Any]:
         return dict(res)
     paper = {s["pair"]: tuple(s["paper"]) for s in a["frontier"]["summary"] if s.get("paper")}
     runs = {int(s): r for s, r in res["runs"].items()}
-    new = analyze(runs, a["families"], a["pairs"], res["preset"]["analysis"].get("reference", "AT-PGD"), paper,
+    new = analyze(runs, a["families"], a["pairs"], res["preset"]["analysis"].get("reference", REFERENCE_DEFENSE), paper,
                   a.get("zero_weight"))
     return {**res, "analysis": new}

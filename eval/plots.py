@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from deform_robust.config import AttackConfig, EvalConfig
 from deform_robust.data import TestData
 from deform_robust.runner import ModelCache
+from fgr_defense.constants import REFERENCE_DEFENSE
 from fgr_defense.naming import file_slug
 
 from .figures import save_figure
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 def budget_plots(results: dict[str, Any], out: Path) -> list[str]:
     """Robust accuracy vs budget per attack, one line per defense (representatives)."""
-    ref = results["config"].get("report", {}).get("reference_defense", "AT-PGD")
+    ref = results["config"].get("report", {}).get("reference_defense", REFERENCE_DEFENSE)
     groups, selection, _ = representatives(results["models"], ref)
     models = {m["name"]: m for m in results["models"]}
     files = []

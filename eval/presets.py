@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from deform_robust.config import ConfigError, read_yaml
-from fgr_defense.presets import get_schedule, resolve_defense_name
+from fgr_defense.defenses import get_schedule, resolve_defense_name
 from torchattacks_deform.validation import check_number
 
 __all__ = ["PRESET_DIR", "Instance", "Preset", "PresetError", "available_presets", "load_preset"]

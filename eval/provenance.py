@@ -50,6 +50,7 @@ def _cpu_name() -> str:
 
 def machine(device: Any = None) -> dict[str, Any]:
     """Where numbers were taken: CPU/GPU, cores, torch threads and versions, and when."""
+    # torch: only for the machine's description (the reports import this module)
     import torch
 
     info: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": _cpu_name(),

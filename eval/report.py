@@ -19,7 +19,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from fgr_defense.checkpoint import atomic_write_text
+from fgr_defense.constants import REFERENCE_DEFENSE
+from fgr_defense.files import atomic_write_text
 
 from .stats import representatives
 
@@ -69,7 +70,7 @@ def table1(results: dict[str, Any], reference: str | None = None,
         ('FGR(2)', 1, 0)
     """
     settings = results["config"].get("report", {})
-    ref = reference or settings.get("reference_defense", "AT-PGD")
+    ref = reference or settings.get("reference_defense", REFERENCE_DEFENSE)
     skip = set(settings.get("table1_exclude", ["Standard"]) if exclude is None else exclude)
     models = [m for m in results["models"] if m["defense"] not in skip]
     groups, selection, notes = representatives(models, ref)

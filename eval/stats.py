@@ -50,6 +50,7 @@ def t_quantile(df: int, q: float = 0.975) -> float:
         >>> round(t_quantile(2), 3), round(t_quantile(10), 3)
         (4.303, 2.228)
     """
+    # scipy: only for intervals (the reports import this module torch- and scipy-free)
     from scipy.stats import t
 
     if df < 1:

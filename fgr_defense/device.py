@@ -1,6 +1,6 @@
 """The one device rule of deform-robust: :func:`resolve_device`.
 
-Used by :class:`~fgr_defense.trainer.Trainer`, :func:`~fgr_defense.spec.train_from_spec`,
+Used by :class:`~fgr_defense.trainer.Trainer`, :func:`~deform_robust.training.train_from_spec`,
 the ``train`` command line and the evaluation harness, so that ``"auto"``, ``"cuda"`` and a
 missing GPU mean the same thing everywhere.
 """
@@ -12,9 +12,33 @@ from typing import Union
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["parse_device", "resolve_device"]
 
 DeviceSpec = Union[str, torch.device, None]
+
+
+def parse_device(spec: DeviceSpec = None) -> torch.device | None:
+    """The device a setting names, without asking whether this machine has it; None for ``"auto"``.
+
+    Configs are checked with it when they are read (they may be run elsewhere);
+    :func:`resolve_device` adds the machine's side when the work starts.
+
+    Example:
+        >>> parse_device("cuda:1"), parse_device("auto"), parse_device("mps")
+        (device(type='cuda', index=1), None, device(type='mps'))
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return None
+    if isinstance(spec, torch.device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device: expected a str, torch.device or None, got {type(spec).__name__} {spec!r}")
+    try:
+        return torch.device(spec.strip())
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device string), got {spec!r}"
+        ) from None
 
 
 def resolve_device(spec: DeviceSpec = None) -> torch.device:
@@ -46,21 +70,11 @@ def resolve_device(spec: DeviceSpec = None) -> torch.device:
         ...
         ValueError: device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device string), got 'bogus'
     """
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+    device = parse_device(spec)
+    if device is None:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
         return torch.device("cpu")
-    if isinstance(spec, torch.device):
-        device = spec
-    elif isinstance(spec, str):
-        try:
-            device = torch.device(spec.strip())
-        except (RuntimeError, ValueError):
-            raise ValueError(
-                f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (a torch device string), got {spec!r}"
-            ) from None
-    else:
-        raise TypeError(f"device: expected a str, torch.device or None, got {type(spec).__name__} {spec!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {str(spec)!r} requested but CUDA is not available on this machine "

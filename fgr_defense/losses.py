@@ -9,29 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LossFn", "check_logits", "gradient_norm_sq", "per_example_cross_entropy"]
+from torchattacks_deform.validation import check_logits
+
+__all__ = ["LossFn", "gradient_norm_sq", "per_example_cross_entropy"]
 
 #: ``loss_fn(logits, targets) -> per-example losses (B,)``.
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def check_logits(logits: Any, batch_size: int, name: str = "model output") -> None:
-    """Raise ``ValueError`` unless ``logits`` has the shape ``(batch_size, num_classes)`` of a classifier.
-
-    Example:
-        >>> check_logits(torch.zeros(4, 10), 4)
-        >>> check_logits(torch.zeros(4, 10, 2, 2), 4)
-        Traceback (most recent call last):
-        ...
-        ValueError: model output: expected classifier logits of shape (B, num_classes) = (4, K), got shape (4, 10, 2, 2)
-    """
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name}: expected a logits tensor, got {type(logits).__name__}")
-    if logits.dim() != 2 or logits.shape[0] != batch_size or logits.shape[1] < 1:
-        raise ValueError(
-            f"{name}: expected classifier logits of shape (B, num_classes) = ({batch_size}, K), "
-            f"got shape {tuple(logits.shape)}"
-        )
 
 
 def per_example_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -41,7 +24,7 @@ def per_example_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
         >>> per_example_cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))
         tensor([1.3863, 1.3863])
     """
-    check_logits(logits, targets.shape[0] if isinstance(targets, Tensor) and targets.dim() > 0 else -1)
+    check_logits(logits, targets.shape[0] if isinstance(targets, Tensor) and targets.dim() > 0 else None)
     return F.cross_entropy(logits, targets, reduction="none")
 
 

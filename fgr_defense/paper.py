@@ -39,13 +39,29 @@ from typing import Any, Union
 from torchattacks_deform.flow import normalized_to_pixels
 from torchattacks_deform.validation import check_choice, check_number
 
-__all__ = ["ImageSize", "paper_lambda_to_weight", "paper_sigma_to_pixels"]
+from .constants import MAX_PENALTY
+
+__all__ = ["ImageSize", "check_penalty", "paper_lambda_to_weight", "paper_sigma_to_pixels"]
 
 ImageSize = Union[int, "tuple[int, int]"]
 
 
 def _non_negative(value: Any, name: str) -> float:
     return float(check_number(value, name, minimum=0))
+
+
+def check_penalty(value: Any, name: str) -> float:
+    """The one rule for a penalty's size (a regularizer's ``weight``, the paper's ``lam``): finite, in [0, 1e7].
+
+    Example:
+        >>> check_penalty(400, "lam")
+        400.0
+        >>> check_penalty(1e300, "weight")
+        Traceback (most recent call last):
+        ...
+        ValueError: weight: expected a finite number in [0, 1e+07], got 1e+300
+    """
+    return float(check_number(value, name, minimum=0, maximum=MAX_PENALTY))
 
 
 def _square_size(image_size: ImageSize) -> int:
@@ -95,7 +111,7 @@ def paper_lambda_to_weight(
         >>> paper_lambda_to_weight(1000, 256, kind="input")  # 1000 / 256**2
         0.0152587890625
     """
-    lam = _non_negative(lam, "lam")
+    lam = check_penalty(lam, "lam")
     batch_size = check_number(batch_size, "batch_size", integer=True, minimum=1)
     check_choice(kind, "kind", ("flow", "input"))
     if kind == "input":

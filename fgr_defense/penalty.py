@@ -12,11 +12,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from torchattacks_deform.validation import check_choice, check_number
+from torchattacks_deform.validation import check_choice, check_images, check_number
 
 from .constants import VARIANTS
 from .losses import LossFn, _check_q, gradient_norm_sq, per_example_cross_entropy
-from .transforms import Transform, check_image_batch
+from .transforms import Transform
 
 __all__ = ["RegularizerOutput", "gradient_penalty"]
 
@@ -102,7 +102,7 @@ def gradient_penalty(
         >>> out.raw_penalty.shape, out.output.shape, out.raw_penalty.requires_grad
         (torch.Size([]), torch.Size([2, 3]), True)
     """
-    check_image_batch(x)
+    check_images(x, "x", layout_only=True)
     if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"y: expected {x.shape[0]} targets (one per image), got {got}")

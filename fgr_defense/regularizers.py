@@ -75,8 +75,8 @@ from torch import Tensor, nn
 from torchattacks_deform.validation import check_choice, check_number
 
 from .constants import VARIANTS
-from .losses import LossFn, _check_q, check_logits, gradient_norm_sq, per_example_cross_entropy
-from .paper import ImageSize, paper_lambda_to_weight, paper_sigma_to_pixels
+from .losses import LossFn, _check_q, gradient_norm_sq, per_example_cross_entropy
+from .paper import ImageSize, check_penalty, paper_lambda_to_weight, paper_sigma_to_pixels
 from .penalty import RegularizerOutput, gradient_penalty
 from .transforms import Additive, Flow, Transform
 
@@ -87,7 +87,6 @@ __all__ = [
     "GradientRegularizer",
     "LossFn",
     "RegularizerOutput",
-    "check_logits",
     "gradient_norm_sq",
     "gradient_penalty",
     "paper_lambda_to_weight",
@@ -152,7 +151,7 @@ class GradientRegularizer:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         self.transform = transform
-        self.weight = _non_negative(weight, "weight")
+        self.weight = check_penalty(weight, "weight")
         self.sigma = _non_negative(sigma, "sigma")
         self.q = _check_q(q)
         self.variant = check_choice(variant, "variant", VARIANTS)

@@ -1,4 +1,4 @@
-"""Training schedules: the presets (``"paper"``, ``"fast"``, ``"authors"``) and custom ones.
+"""Training schedules by name (``"paper"``, ``"fast"``, ``"authors"``) and custom ones.
 
 Convention:
     ``"paper"``: SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.1, x0.1 every 10 epochs
@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass(frozen=True)
 class Schedule:
-    """Optimizer and learning-rate schedule: a preset (:func:`get_schedule`) or a custom one.
+    """Optimizer and learning-rate schedule: a named one (:func:`get_schedule`) or a custom one.
 
     Attributes:
         name: a label (``"paper"``, ``"fast"``, ``"authors"``, ``"custom"``, ...).
@@ -127,11 +127,11 @@ class Schedule:
         return d
 
 
-def get_schedule(preset: str, dataset: str) -> Schedule:
-    """The training schedule ``preset`` (``"paper"``, ``"fast"`` or ``"authors"``) for ``dataset``.
+def get_schedule(name: str, dataset: str) -> Schedule:
+    """The training schedule ``name`` (``"paper"``, ``"fast"`` or ``"authors"``) for ``dataset``.
 
     Raises:
-        ValueError: unknown preset or dataset; ``"authors"`` for a dataset their code has no
+        ValueError: unknown schedule or dataset; ``"authors"`` for a dataset their code has no
             settings for (MNIST).
 
     Example:
@@ -140,15 +140,15 @@ def get_schedule(preset: str, dataset: str) -> Schedule:
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {dataset!r}")
-    if preset == "paper":
+    if name == "paper":
         if dataset.startswith("cifar"):
             return Schedule("paper", "sgd", 0.1, 256, 80, 0.9, 5e-4, (40, 60), 0.1)
         return Schedule("paper", "sgd", 0.1, 256, 30, 0.9, 5e-4, (10, 20), 0.1)
-    if preset == "fast":
+    if name == "fast":
         return Schedule("fast", "adam", 1e-3, 64, 8, 0.0, 0.0, (6,), 0.1)
-    if preset == "authors":
+    if name == "authors":
         if dataset.startswith("cifar"):
             return Schedule("authors", "sgd", 0.01, 128, 80, 0.9, 5e-4, (40, 60), 0.1)
-        raise ValueError(f"preset: the authors' public code has settings for cifar10/cifar100 only, not "
+        raise ValueError(f"schedule: the authors' public code has settings for cifar10/cifar100 only, not "
                          f"{dataset!r}; use 'paper' or a custom Schedule")
-    raise ValueError(f"preset: expected one of {list(SCHEDULES)}, got {preset!r}")
+    raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, got {name!r}")

@@ -41,21 +41,25 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from torchattacks_deform.modes import preserve_modes
-from torchattacks_deform.validation import check_bool, check_choice, check_labels, check_number
+from torchattacks_deform.validation import (
+    check_bool,
+    check_choice,
+    check_labels,
+    check_logits,
+    check_number,
+)
 
-from .checkpoint import load_checkpoint
 from .device import resolve_device
 from .distributed import DistContext, all_reduce_sum, init_distributed
-from .regularizers import GradientRegularizer, LossFn, check_logits, per_example_cross_entropy
+from .regularizers import GradientRegularizer, LossFn, per_example_cross_entropy
+from .run_folder import LOG_FORMAT
 from .trainer_io import (
     ACCUM_KEYS,
-    LOG_FORMAT,
     NonFiniteLossError,
     TrainingInterrupted,
-    check_trainer_state,
-    load_weights,
 )
 from .trainer_loop import EpochLoopMixin, split_batch
 
@@ -181,8 +185,6 @@ class Trainer(EpochLoopMixin):
             self.module = self.module.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.module
         if self.ctx is not None:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=ids)
         self.optimizer = optimizer
@@ -392,24 +394,3 @@ class Trainer(EpochLoopMixin):
         if count == 0:
             raise ValueError("loader: expected at least one batch to evaluate, got an empty loader")
         return {"loss": loss_sum / count, "acc": correct / count, "n": count}
-
-    # ------------------------------------------------------------------ resume
-    @classmethod
-    def resume(cls, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Trainer:
-        """A Trainer restored from a checkpoint: ``Trainer.resume(path, model, optimizer, **same_kwargs)``.
-
-        ``model`` and ``optimizer`` must be built as for the original run (weights and
-        optimizer state are loaded into them); pass the same scheduler, regularizer and
-        adversary. Then call :meth:`fit` with the same loaders and total ``epochs``.
-
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            ValueError: an unreadable checkpoint, one without trainer state, or weights that
-                do not fit ``model`` (the message names the problem).
-        """
-        obj = load_checkpoint(path, map_location="cpu")
-        check_trainer_state(obj.get("trainer"), path)
-        load_weights(model, obj, path)  # before a DDP wrapper broadcasts rank 0's weights
-        trainer = cls(model, optimizer, **kwargs)
-        trainer._restore(obj, path)
-        return trainer

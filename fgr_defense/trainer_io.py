@@ -42,9 +42,7 @@ Convention:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,16 +50,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_text, load_checkpoint, save_model
+from .checkpoint import load_checkpoint, save_model
+from .run_folder import RunFolder
 
-__all__ = ["BEST_NAME", "LOG_FORMAT", "CheckpointMixin", "NonFiniteLossError", "TrainingInterrupted", "reconcile_best",
-           "repair_log", "write_log"]
+__all__ = ["CheckpointMixin", "NonFiniteLossError", "TrainingInterrupted"]
 
 logger = logging.getLogger("fgr_defense.trainer")
 
-LOG_FORMAT = "deform-robust-log/1"
-BEST_NAME = "best.pt"
-_PENDING_BEST = ".best.pt.pending"
 _STATE_VERSION = 1
 _STATE_KEYS = ("version", "epoch", "step_in_epoch", "global_step", "seed", "history", "accum", "optimizer")
 ACCUM_KEYS = ("loss", "task_loss", "reg_loss", "correct", "count", "time_s", "dropped")
@@ -84,62 +79,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
         self.epoch = epoch
         self.step_in_epoch = step_in_epoch
-
-
-def write_log(path: str | Path, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """Write ``log.json`` (``{"format", "meta", "epochs"}``) atomically.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "log.json"
-        >>> write_log(p, {"epoch": 1}, [{"epoch": 1, "train_loss": 0.5}])
-        >>> json.loads(p.read_text())["epochs"]
-        [{'epoch': 1, 'train_loss': 0.5}]
-    """
-    log = {"format": LOG_FORMAT, "meta": meta, "epochs": history}
-    atomic_write_text(path, json.dumps(log, indent=2, default=str) + "\n")
-
-
-def repair_log(out_dir: str | Path) -> bool:
-    """Rewrite ``out_dir/log.json`` from ``out_dir/model.pt`` when it is missing or behind.
-
-    A kill between the checkpoint and the log writes leaves the log one epoch behind; the
-    checkpoint's history is the truth. Returns True when the log was rewritten.
-    """
-    out_dir = Path(out_dir)
-    obj = load_checkpoint(out_dir / "model.pt")
-    history = list(obj.get("trainer", {}).get("history", []))
-    log_path = out_dir / "log.json"
-    try:
-        current = json.loads(log_path.read_text())["epochs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        current = None
-    if current == json.loads(json.dumps(history, default=str)):
-        return False
-    write_log(log_path, dict(obj.get("meta", {})), history)
-    logger.info("rewrote %s from the checkpoint's history (%d epochs)", log_path, len(history))
-    return True
-
-
-def reconcile_best(out_dir: str | Path, best: dict[str, Any] | None) -> None:
-    """Finish or drop a ``best.pt`` commit that a crash interrupted (module docstring).
-
-    ``best`` is the best epoch recorded in ``model.pt``'s trainer state.
-    """
-    out_dir = Path(out_dir)
-    pending = out_dir / _PENDING_BEST
-    if not pending.is_file():
-        return
-    try:
-        staged = load_checkpoint(pending).get("meta", {}).get("best")
-    except (ValueError, FileNotFoundError):
-        staged = None
-    if best is not None and staged == best:
-        os.replace(pending, out_dir / BEST_NAME)
-        logger.info("committed %s (epoch %d) after an interrupted run", out_dir / BEST_NAME, best["epoch"])
-    else:
-        pending.unlink()
-        logger.info("dropped an uncommitted %s (its epoch is trained again)", pending)
 
 
 def check_trainer_state(state: Any, path: str | Path) -> None:
@@ -277,6 +216,26 @@ class CheckpointMixin:
         save_model(self.module, path, self.arch, self._checkpoint_meta(), extra={"trainer": self.state_dict()})
         logger.debug("checkpoint: %s (epoch %d, step %d)", path, self.epoch, self.step_in_epoch)
 
+    @classmethod
+    def resume(cls, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """A Trainer restored from a checkpoint: ``Trainer.resume(path, model, optimizer, **same_kwargs)``.
+
+        ``model`` and ``optimizer`` must be built as for the original run (weights and
+        optimizer state are loaded into them); pass the same scheduler, regularizer and
+        adversary. Then call :meth:`fit` with the same loaders and total ``epochs``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: an unreadable checkpoint, one without trainer state, or weights that
+                do not fit ``model`` (the message names the problem).
+        """
+        obj = load_checkpoint(path, map_location="cpu")
+        check_trainer_state(obj.get("trainer"), path)
+        load_weights(model, obj, path)  # before a DDP wrapper broadcasts rank 0's weights
+        trainer = cls(model, optimizer, **kwargs)  # type: ignore[call-arg]  # the Trainer, which mixes this in
+        trainer._restore(obj, path)
+        return trainer
+
     def _restore(self, obj: dict[str, Any], path: str | Path) -> None:
         check_trainer_state(obj.get("trainer"), path)
         self.load_state_dict(obj["trainer"])
@@ -294,14 +253,14 @@ class CheckpointMixin:
 
     def _write_checkpoint(self) -> None:
         if self.out_dir is not None and self.is_main:
-            path = self.out_dir / "model.pt"
+            path = RunFolder(self.out_dir).model
             self.save(path)
             self._last_checkpoint = {"path": path, "epoch": self.epoch, "global_step": self.global_step}
 
     def _write_log(self) -> None:
         if self.out_dir is None or not self.is_main:
             return
-        write_log(self.out_dir / "log.json", self._checkpoint_meta(), self.history)
+        RunFolder(self.out_dir).write_log(self._checkpoint_meta(), self.history)
 
     # ------------------------------------------------------------------ best.pt
     def _stage_best(self, record: dict[str, Any]) -> bool:
@@ -313,20 +272,19 @@ class CheckpointMixin:
             return False
         self.best = {"epoch": self.epoch, "global_step": self.global_step, "val_acc": val_acc}
         if self.out_dir is not None:
-            self.save(self.out_dir / _PENDING_BEST)
+            self.save(RunFolder(self.out_dir).pending_best)
         return True
 
     def _commit_best(self) -> None:
         if self.out_dir is None or not self.is_main:
             return
-        pending = self.out_dir / _PENDING_BEST
-        os.replace(pending, self.out_dir / BEST_NAME)
+        RunFolder(self.out_dir).commit_best()
         logger.info("best.pt: epoch %d, val_acc %.4f", self.best["epoch"] if self.best else -1,
                     self.best["val_acc"] if self.best else float("nan"))
 
     def _reconcile_best(self) -> None:
         if self.out_dir is not None and self.is_main:
-            reconcile_best(self.out_dir, self.best)
+            RunFolder(self.out_dir).reconcile_best(self.best)
 
 
 def load_weights(model: nn.Module, obj: dict[str, Any], path: str | Path) -> None:

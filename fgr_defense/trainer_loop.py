@@ -40,11 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from torchattacks_deform.validation import check_number
 
 from .distributed import distributed_loader
 from .naming import derive_seed
+from .run_folder import RunFolder
 from .trainer_io import ACCUM_KEYS, CheckpointMixin, TrainingInterrupted
 
 __all__ = ["EpochLoopMixin", "split_batch"]
@@ -164,7 +166,7 @@ class EpochLoopMixin(CheckpointMixin):
         """Write ``model.pt`` at this step boundary (unless just written) and raise :class:`TrainingInterrupted`."""
         if not checkpoint_written:
             self._write_checkpoint()
-        path = self.out_dir / "model.pt" if self.out_dir is not None else None
+        path = RunFolder(self.out_dir).model if self.out_dir is not None else None
         where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch else \
             f"the end of epoch {self.epoch}"
         logger.info("interrupted at %s (global step %d); checkpoint %s", where, self.global_step, path)
@@ -172,8 +174,6 @@ class EpochLoopMixin(CheckpointMixin):
                                   self.step_in_epoch)
 
     def _run_epoch(self, loader: Any, epoch: int, epochs: int) -> None:
-        from tqdm.auto import tqdm
-
         self._seed_step(epoch, -1)
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):

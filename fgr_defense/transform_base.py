@@ -1,38 +1,20 @@
-r"""The base class of the modification functions :math:`\tau(x, n)` and the image-batch check.
+r"""The base class of the modification functions :math:`\tau(x, n)`.
 
 :mod:`fgr_defense.transforms` holds the transforms of Table 2 (and re-exports these names).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["PADDING_MODES", "Transform", "check_image_batch"]
+__all__ = ["PADDING_MODES", "Transform"]
 
 
 #: Padding modes of the warps (:func:`torchattacks_deform.flow.warp`).
 PADDING_MODES = ("border", "zeros", "reflection")
-
-
-def check_image_batch(x: Any, name: str = "x") -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``x`` is a non-empty float ``(B, C, H, W)`` batch.
-
-    Example:
-        >>> check_image_batch(torch.rand(2, 1, 4, 4))
-        >>> check_image_batch(torch.rand(4, 4))
-        Traceback (most recent call last):
-        ...
-        ValueError: x: expected an image batch of shape (B, C, H, W), got shape (4, 4)
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"{name}: expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
 
 
 class Transform:

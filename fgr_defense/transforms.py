@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 
 from torchattacks_deform.flow import flow_to_pixels, warp
-from torchattacks_deform.validation import check_choice, check_number
+from torchattacks_deform.validation import check_choice, check_images, check_number
 
-from .transform_base import PADDING_MODES, Transform, check_image_batch
+from .transform_base import PADDING_MODES, Transform
 
 __all__ = [
     "PADDING_MODES",
@@ -51,7 +51,6 @@ __all__ = [
     "Transform",
     "affine_flow",
     "build_transform",
-    "check_image_batch",
 ]
 
 
@@ -71,7 +70,7 @@ class Additive(Transform):
     name = "additive"
 
     def identity(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
+        check_images(x, "x", layout_only=True)
         return torch.zeros_like(x)
 
     def apply(self, x: Tensor, n: Tensor) -> Tensor:
@@ -100,7 +99,7 @@ class Multiplicative(Transform):
     name = "multiplicative"
 
     def identity(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
+        check_images(x, "x", layout_only=True)
         return torch.ones_like(x)
 
     def apply(self, x: Tensor, n: Tensor) -> Tensor:
@@ -162,7 +161,7 @@ class MaskedAdditive(Transform):
         return self.mask.to(device=x.device, dtype=x.dtype)
 
     def identity(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
+        check_images(x, "x", layout_only=True)
         try:
             torch.broadcast_shapes(self.mask.shape, x.shape)
         except RuntimeError as err:
@@ -210,7 +209,7 @@ class Flow(Transform):
         self.padding_mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
 
     def identity(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
+        check_images(x, "x", layout_only=True)
         b, _, h, w = x.shape
         return x.new_zeros(b, 2, h, w)
 
@@ -341,7 +340,7 @@ class Affine(Transform):
         self.padding_mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
 
     def identity(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
+        check_images(x, "x", layout_only=True)
         return torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3).clone()
 
     def apply(self, x: Tensor, n: Tensor) -> Tensor:

@@ -16,13 +16,16 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-def test_readme_has_the_api_examples() -> None:
+#: What each README Python block must call, in order; each has a test below that runs it.
+RUN_BY_A_TEST = ("evaluate_robustness(", "FlowPGD(", "Trainer(", "load_robustbench_model(")
+
+
+def test_every_python_block_is_run_by_a_test() -> None:
+    """A new or reordered README example fails here until a test runs it (no example goes unrun)."""
     blocks = python_blocks()
-    assert len(blocks) == 4
-    assert len(blocks[0].strip().splitlines()) == 3 and "evaluate_robustness(" in blocks[0]
-    assert "FlowPGD(" in blocks[1] and "Trainer(" in blocks[2] and "load_robustbench_model(" in blocks[3]
-    for block in blocks:
-        assert len(block.strip().splitlines()) <= 12, "examples should stay about 10 lines"
+    assert len(blocks) == len(RUN_BY_A_TEST), "a README Python block without a test that runs it"
+    for block, call in zip(blocks, RUN_BY_A_TEST):
+        assert call in block, f"expected the README block that calls {call} here"
         compile(block, "README.md", "exec")
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._compat import TorchattacksAttack
-from .flow import _PADDING_MODES, NORMS, _check_images_layout, warp
+from .flow import _PADDING_MODES, NORMS, warp
 from .losses import attack_loss, margin_loss
 from .modes import restore_modes, save_modes
 from .validation import (
@@ -25,6 +25,7 @@ from .validation import (
     check_choice,
     check_images,
     check_labels,
+    check_logits,
     check_member_budget,
     check_number,
 )
@@ -261,29 +262,13 @@ class FlowAttack(TorchattacksAttack):
                 logits = super().get_logits(inputs, labels, *args, **kwargs)
             if isinstance(logits, Tensor):
                 logits = logits.to(inputs.dtype)
-        self._check_logits(logits, inputs.shape[0])
+        check_logits(logits, inputs.shape[0], finite=True)
         self.query_count += int(inputs.shape[0])
         if self._pending_labels:
             pending, self._pending_labels = self._pending_labels, ()
             for values, name in pending:
                 check_labels(values, values.shape[0], num_classes=int(logits.shape[1]), name=name)
         return logits  # type: ignore[no-any-return]
-
-    @staticmethod
-    def _check_logits(logits: Any, batch: int) -> None:
-        expected = f"finite logits of shape ({batch}, K) with K >= 2 classes"
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"model output: expected {expected}, got {type(logits).__name__}")
-        if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] < 2:
-            raise ValueError(f"model output: expected {expected}, got shape {tuple(logits.shape)}")
-        if not logits.is_floating_point():
-            raise TypeError(f"model output: expected {expected} (floating point), got dtype {logits.dtype}")
-        if not bool(torch.isfinite(logits).all()):
-            bad = int((~torch.isfinite(logits.detach())).any(dim=1).sum())
-            raise ValueError(
-                f"model output: expected {expected}, got NaN or inf for {bad} of {batch} examples "
-                "(check the model, the normalization of its inputs and set_precision)"
-            )
 
     # -- subclasses -------------------------------------------------------------------
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
@@ -303,7 +288,7 @@ class FlowAttack(TorchattacksAttack):
 
     def _check_call_inputs(self, inputs: Any) -> None:
         if self._normalization_applied is True:  # inverse_normalize must get a (B, C, H, W) batch
-            _check_images_layout(inputs)
+            check_images(inputs, layout_only=True)
             self._check_channels(inputs)
 
     @contextlib.contextmanager

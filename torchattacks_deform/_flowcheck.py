@@ -46,17 +46,6 @@ def check_flow(flow: Tensor, images: Tensor | None = None, name: str = "flow") -
             )
 
 
-def _check_images_layout(images: Tensor, name: str = "images") -> None:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
-    if images.dim() != 4:
-        raise ValueError(f"{name}: expected rank 4 (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[1] < 1 or images.shape[2] < 2 or images.shape[3] < 2:
-        raise ValueError(f"{name}: expected C >= 1, H >= 2 and W >= 2, got shape {tuple(images.shape)}")
-
-
 def _max_displacement(dtype: torch.dtype) -> float:
     """The largest flow component (pixels) whose sampling position ``grid_sample`` can hold.
 

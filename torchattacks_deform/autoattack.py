@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -13,6 +12,7 @@ from torch import Tensor, nn
 from ._base import AttackInfo, FlowAttack
 from .apgd import FlowAPGD
 from .apgdt import FlowAPGDT
+from .engine import attack_batch
 from .es import FlowES
 from .flow import NORMS
 from .pgd import FlowPGD
@@ -258,16 +258,12 @@ class FlowAutoAttack(FlowAttack):
                 report.append(entry)
                 if remaining.numel() == 0:
                     continue
-                start, queries = time.perf_counter(), atk.query_count
-                x, y = images[remaining], labels[remaining]
-                found = atk.get_flow(x, y).to(images.dtype)
-                with torch.no_grad():
-                    fooled = self.get_logits(atk.apply_flow(x, found)).argmax(dim=1) != y
-                flow[remaining[fooled]] = found[fooled]
+                out = attack_batch(self.get_logits, atk, images[remaining], labels[remaining])
+                fooled = out.fooled
+                flow[remaining[fooled]] = out.displacement[fooled]
                 success[remaining[fooled]] = i
                 remaining = remaining[~fooled]
-                entry.update(fooled=int(fooled.sum()), time_s=time.perf_counter() - start,
-                             queries=atk.query_count - queries)
+                entry.update(fooled=int(fooled.sum()), time_s=out.time_s, queries=out.queries)
                 logger.info("%s: %s fooled %d of %d examples in %.2f s", self.attack, name, entry["fooled"],
                             entry["attacked"], entry["time_s"])
         self.last_report, self.last_success, self.last_clean_correct = report, success, correct

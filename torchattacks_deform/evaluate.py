@@ -3,280 +3,35 @@
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union, overload
+from typing import Any, Mapping, Optional, Sequence, Union, overload
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ._base import FlowAttack, check_model_dtype
 from ._compat import TorchattacksAttack
 from ._data import batches
 from .autoattack import VERSIONS, FlowAutoAttack, _member_names, version_members
-from .flow import NORMS, warp
+from .engine import attack_batch, seeded
+from .flow import NORMS
 from .modes import preserve_modes
-from .validation import check_bool, check_budget, check_choice, check_labels, check_number
+from .report import WORST, RobustnessCurve, RobustnessReport, fraction
+from .validation import (
+    check_bool,
+    check_budget,
+    check_choice,
+    check_labels,
+    check_logits,
+    check_number,
+)
 
 __all__ = ["WORST", "RobustnessCurve", "RobustnessReport", "evaluate_robustness"]
 
 logger = logging.getLogger(__name__)
 
 AttacksArg = Union[str, Sequence[FlowAttack], Mapping[str, FlowAttack]]
-
-#: The name of the per-example worst case in :meth:`RobustnessReport.adversarial`.
-WORST = "worst"
-#: Per-class lines of ``str(report)``: every class up to this many, else the lowest ones.
-_CLASSES_SHOWN = 10
-
-
-@dataclass
-class RobustnessReport:
-    """What :func:`evaluate_robustness` found. Accuracies are fractions of all ``n`` examples.
-
-    Attributes:
-        n: number of examples.
-        clean_accuracy: fraction classified correctly without attack.
-        robust_accuracy: per attack name, the fraction still correct under that attack: the
-            attack alone (``cascade=False``), or cumulatively under it and every attack before
-            it (``cascade=True``).
-        worst_case_accuracy: fraction correct under every attack (the per-example worst case).
-        clean_correct: ``(N,)`` bool, correct without attack.
-        success: per attack, ``(N,)`` bool: the attack fooled the example (in the cascade:
-            this attack fooled it, the earlier ones had not).
-        robust: ``(N,)`` bool, correct under every attack.
-        flows: ``(N, 2, H, W)`` worst-case flows in pixels on the CPU (the first successful
-            flow attack's, in attack order; zeros for robust and clean-misclassified examples,
-            and for examples only a pixel-space torchattacks attack fooled), or None.
-        time_s: seconds per attack.
-        queries: per flow attack, the mean number of images the model classified per attacked
-            example (forwards, with or without a backward; for FlowES, its queries).
-        eps, norm, cascade: the settings.
-        attacked: per attack, the number of examples it ran on.
-        labels: ``(N,)`` int64 labels on the CPU (what :attr:`per_class` counts), or None.
-        seed: the seed of the attacks' randomness (``evaluate_robustness(seed=...)``), or None.
-        images: ``(N, C, H, W)`` clean images on the CPU (with ``return_flows``), from which
-            :meth:`adversarial` recomputes the adversarial images; else None.
-        attack_flows: per flow attack (``cascade=False``), its ``(N, 2, H, W)`` flows in
-            pixels on the CPU (zeros for the clean-misclassified examples it did not attack).
-            In a cascade, each member's flow is ``flows`` where it fooled the example.
-        pixel_adversarials: per pixel-space torchattacks attack, its ``(N, C, H, W)`` images
-            (clean images where it did not run).
-        padding_modes: per flow attack, the ``padding_mode`` its warp used.
-
-    Example:
-        >>> import torch
-        >>> from torchattacks_deform import FlowFGSM, evaluate_robustness
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
-        >>> images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-        >>> report = evaluate_robustness(model, images, labels, eps=1.0,
-        ...                              attacks={"fgsm": FlowFGSM(model, eps=1.0)}, seed=0)
-        >>> report.adversarial("fgsm").shape, report.adversarial("worst").shape
-        (torch.Size([6, 1, 4, 4]), torch.Size([6, 1, 4, 4]))
-        >>> sorted(report.per_class), sorted(report.per_class[0])
-        ([0, 1, 2, 3], ['clean_accuracy', 'n', 'worst_case_accuracy'])
-    """
-
-    n: int
-    clean_accuracy: float
-    robust_accuracy: dict[str, float]
-    worst_case_accuracy: float
-    clean_correct: Tensor
-    success: dict[str, Tensor]
-    robust: Tensor
-    flows: Optional[Tensor]
-    time_s: dict[str, float]
-    queries: dict[str, float]
-    eps: float
-    norm: str
-    cascade: bool
-    attacked: dict[str, int] = field(default_factory=dict)
-    labels: Optional[Tensor] = None
-    seed: Optional[int] = None
-    images: Optional[Tensor] = field(default=None, repr=False)
-    attack_flows: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    pixel_adversarials: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    padding_modes: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def per_attack(self) -> str:
-        """What the per-attack numbers mean: ``"independent"`` or ``"cumulative"`` (cascade)."""
-        return "cumulative" if self.cascade else "independent"
-
-    @property
-    def per_class(self) -> dict[int, dict[str, Any]]:
-        """Per class present in the labels: ``{"n", "clean_accuracy", "worst_case_accuracy"}``.
-
-        Accuracies are fractions of that class's examples; ``{}`` without :attr:`labels`.
-        """
-        if self.labels is None:
-            return {}
-        out: dict[int, dict[str, Any]] = {}
-        for c in torch.unique(self.labels).tolist():
-            mask = self.labels == c
-            out[int(c)] = {"n": int(mask.sum()), "clean_accuracy": float(self.clean_correct[mask].float().mean()),
-                           "worst_case_accuracy": float(self.robust[mask].float().mean())}
-        return out
-
-    @property
-    def adv_images(self) -> dict[str, Tensor]:
-        """Per attack, its ``(N, C, H, W)`` adversarial images (see :meth:`adversarial`).
-
-        Recomputed from the stored flows at each access (all attacks at once): keep the result.
-        """
-        return {name: self.adversarial(name) for name in self.robust_accuracy}
-
-    def adversarial(self, name: str = WORST) -> Tensor:
-        """The ``(N, C, H, W)`` adversarial images of one attack, or the per-example worst case.
-
-        ``name`` is an attack's name or ``"worst"``. For an attack: its images on every example
-        it attacked (in a cascade: only where it fooled the example; the cascade keeps no
-        failed tries), the clean image elsewhere. ``"worst"``: per example, the image of the
-        first attack (in attack order) that fooled the model, the clean image where none did.
-        Flow attacks' images are recomputed from the stored flows with
-        :func:`~torchattacks_deform.warp` and clamped to ``[0, 1]``, as the attack applied them.
-
-        Raises:
-            ValueError: the report keeps no images (``return_flows=False``), or ``name`` is
-                neither ``"worst"`` nor an attack of the report.
-        """
-        if name != WORST and name not in self.success:
-            raise ValueError(f"name: expected {WORST!r} or one of the report's attacks {list(self.success)}, "
-                             f"got {name!r}")
-        if self.images is None:
-            raise ValueError("adversarial: expected a report with images, got one without "
-                             "(evaluate_robustness(..., return_flows=False) keeps none)")
-        out = self.images.clone()
-        if name == WORST:
-            done = torch.zeros(self.n, dtype=torch.bool)
-            for attack in self.robust_accuracy:
-                mask = self.success[attack] & ~done
-                if bool(mask.any()):
-                    out[mask] = self._adversarial_at(attack, mask)
-                    done |= mask
-            return out
-        mask = self.success[name] if self.cascade else self.clean_correct
-        if bool(mask.any()):
-            out[mask] = self._adversarial_at(name, mask)
-        return out
-
-    def _adversarial_at(self, name: str, mask: Tensor) -> Tensor:
-        """Adversarial images of attack ``name`` at the examples of ``mask`` (which it attacked)."""
-        assert self.images is not None
-        if name in self.pixel_adversarials:
-            return self.pixel_adversarials[name][mask]
-        flow = self.attack_flows.get(name, self.flows)
-        if flow is None:
-            raise ValueError(f"adversarial: the report keeps no flows of {name!r}")
-        images = self.images[mask]
-        return warp(images, flow[mask].to(images.dtype),
-                    padding_mode=self.padding_modes.get(name, "border")).clamp(0, 1)
-
-    def _per_class_line(self) -> Optional[str]:
-        classes = self.per_class
-        if not classes:
-            return None
-        shown = sorted(classes.items())
-        label = "per class, clean -> worst case %"
-        if len(shown) > _CLASSES_SHOWN:
-            shown = sorted(shown, key=lambda kv: (kv[1]["worst_case_accuracy"], kv[0]))[:_CLASSES_SHOWN // 2]
-            label += f" ({len(shown)} lowest of {len(classes)} classes; all in report.per_class)"
-        cells = [f"{c}: {100 * v['clean_accuracy']:.0f} -> {100 * v['worst_case_accuracy']:.0f}" for c, v in shown]
-        return f"  {label}: {', '.join(cells)}"
-
-    def __str__(self) -> str:
-        how = ("cascade, per-attack accuracies cumulative" if self.cascade
-               else "attacks run independently")
-        rows = [("clean", self.clean_accuracy), *self.robust_accuracy.items(), ("worst case", self.worst_case_accuracy)]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"Flow robustness: {self.n} examples, {self.norm} eps = {self.eps:g} px, {how}"]
-        for name, acc in rows:
-            extra = f"  ({self.time_s[name]:.1f} s)" if name in self.time_s else ""
-            lines.append(f"  {name:<{width}}  {100 * acc:5.1f}%{extra}")
-        per_class = self._per_class_line()
-        if per_class is not None:
-            lines.append(per_class)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The numbers as plain Python values (JSON-able; per-example tensors become counts).
-
-        ``per_class`` is keyed by the class index as a string (JSON object keys are strings).
-        """
-        return {
-            "n": self.n, "eps": self.eps, "norm": self.norm, "cascade": self.cascade, "seed": self.seed,
-            "per_attack": self.per_attack, "attacks": list(self.robust_accuracy),
-            "clean_accuracy": self.clean_accuracy, "robust_accuracy": dict(self.robust_accuracy),
-            "worst_case_accuracy": self.worst_case_accuracy,
-            "clean_correct": int(self.clean_correct.sum()), "robust": int(self.robust.sum()),
-            "fooled": {k: int(v.sum()) for k, v in self.success.items()},
-            "attacked": dict(self.attacked), "time_s": dict(self.time_s), "queries": dict(self.queries),
-            "per_class": {str(c): v for c, v in self.per_class.items()},
-        }
-
-
-class RobustnessCurve(Mapping[float, RobustnessReport]):
-    """One :class:`RobustnessReport` per budget: what ``evaluate_robustness(eps=[...])`` returns.
-
-    A read-only mapping ``eps -> report`` in the order of the budgets given (``curve[0.5]``,
-    ``list(curve)``, ``curve.values()``); ``print(curve)`` gives one row per budget.
-
-    Example:
-        >>> import torch
-        >>> from torchattacks_deform import evaluate_robustness
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
-        >>> images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-        >>> curve = evaluate_robustness(model, images, labels, eps=[0.25, 1.0], attacks="fast", seed=0)
-        >>> list(curve), curve[1.0].eps
-        ([0.25, 1.0], 1.0)
-        >>> print(curve)  # doctest: +ELLIPSIS
-        Flow robustness: 6 examples, Linf budgets in px, attacks run independently
-          eps   clean %  FlowPGD-CE %  FlowPGD-margin %  StAdv %  FlowES %  worst case %
-          0.25  ...
-          1     ...
-    """
-
-    def __init__(self, reports: Sequence[RobustnessReport]) -> None:
-        self._reports = {float(r.eps): r for r in reports}
-
-    def __getitem__(self, eps: float) -> RobustnessReport:
-        try:
-            return self._reports[float(eps)]
-        except (KeyError, TypeError, ValueError):
-            raise KeyError(f"eps: expected one of the budgets {list(self._reports)}, got {eps!r}") from None
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self._reports)
-
-    def __len__(self) -> int:
-        return len(self._reports)
-
-    def __repr__(self) -> str:
-        return f"RobustnessCurve(eps={list(self._reports)})"
-
-    def __str__(self) -> str:
-        reports = list(self._reports.values())
-        first = reports[0]
-        how = "cascade, per-attack accuracies cumulative" if first.cascade else "attacks run independently"
-        names = list(first.robust_accuracy)
-        header = ["eps", "clean %", *[f"{a} %" for a in names], "worst case %"]
-        rows = [[f"{r.eps:g}", f"{100 * r.clean_accuracy:.1f}",
-                 *[f"{100 * r.robust_accuracy[a]:.1f}" if a in r.robust_accuracy else "-" for a in names],
-                 f"{100 * r.worst_case_accuracy:.1f}"] for r in reports]
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-        lines = [f"Flow robustness: {first.n} examples, {first.norm} budgets in px, {how}",
-                 "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"eps": [budgets], "reports": [report.to_dict() per budget]}`` (JSON-able)."""
-        return {"eps": list(self._reports), "reports": [r.to_dict() for r in self._reports.values()]}
-
 
 def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool) -> tuple[list[str], list[Any]]:
     """Names and attack objects: FlowAttack instances, and (``cascade=False``) torchattacks' own."""
@@ -318,28 +73,8 @@ def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool)
 def _logits(model: nn.Module, images: Tensor) -> Tensor:
     with torch.no_grad():
         logits = model(images)
-    FlowAttack._check_logits(logits, images.shape[0])
+    check_logits(logits, images.shape[0], finite=True)
     return logits  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def _seeded(seed: Optional[int], device: torch.device) -> Iterator[None]:
-    """Seed the CPU generator (and ``device``'s, on CUDA) with ``seed``; restore them on exit.
-
-    None: no seeding, the caller's generators are used and advanced as usual.
-    """
-    if seed is None:
-        yield
-        return
-    index = None
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-    with torch.random.fork_rng(devices=[] if index is None else [index]):
-        torch.random.default_generator.manual_seed(seed)
-        if index is not None:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _budget_list(eps: Sequence[Any]) -> list[float]:
@@ -503,7 +238,7 @@ def evaluate_robustness(
         suite.names = names
     acc = _Accumulator(names, return_flows)
     # each module's own mode comes back (a frozen batch norm stays frozen); so does the RNG state
-    with preserve_modes(model), _seeded(seed, device):
+    with preserve_modes(model), seeded(seed, device):
         model.eval()
         with _progress_bar(n_batches, len(names), progress, eps) as bar:
             for x, y in data:
@@ -523,8 +258,6 @@ def evaluate_robustness(
 
 def _progress_bar(n_batches: Optional[int], n_attacks: int, progress: Optional[bool], eps: float) -> Any:
     """A tqdm bar over (batch, attack) pairs: shown on a terminal (``progress=None``), always, or never."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=None if n_batches is None else n_batches * n_attacks, desc=f"evaluate_robustness {eps:g} px",
                 unit="attack x batch", disable=None if progress is None else not progress, leave=False)
 
@@ -566,7 +299,7 @@ class _Accumulator:
         for name in self.names:
             if self.success[name]:
                 fooled |= torch.cat(self.success[name])
-        return float((torch.cat(self.clean) & ~fooled).float().mean())
+        return fraction(torch.cat(self.clean) & ~fooled)
 
     def add_independent(self, model: nn.Module, names: list[str], members: list[Any], x: Tensor,
                         y: Tensor, bar: Any = None) -> None:
@@ -583,24 +316,17 @@ class _Accumulator:
                 bar.set_postfix_str(f"{name} on {int(idx.numel())} examples")
             success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             if idx.numel():
-                start = time.perf_counter()
-                if isinstance(atk, FlowAttack):
-                    queries = atk.query_count
-                    flow = atk.get_flow(x[idx], y[idx]).to(x.dtype)
-                    adv = atk.apply_flow(x[idx], flow)
-                    self.queries[name] = self.queries.get(name, 0) + atk.query_count - queries
-                else:  # a pixel-space torchattacks attack: images only, no flow
-                    adv = atk(x[idx], y[idx])
-                fooled = _logits(model, adv).argmax(dim=1) != y[idx]
-                success[idx] = fooled
-                if isinstance(atk, FlowAttack):
-                    first = fooled & ~has_flow[idx]
-                    worst[idx[first]] = flow[first]
+                out = attack_batch(model, atk, x[idx], y[idx])
+                success[idx] = out.fooled
+                if out.flow is not None:
+                    self.queries[name] = self.queries.get(name, 0) + int(out.queries or 0)
+                    first = out.fooled & ~has_flow[idx]
+                    worst[idx[first]] = out.flow[first]
                     has_flow[idx[first]] = True
-                self.time_s[name] += time.perf_counter() - start
+                self.time_s[name] += out.time_s
                 self.attacked[name] += int(idx.numel())
                 if self.keep_flows:
-                    self._keep_attack(name, atk, x, idx, flow if isinstance(atk, FlowAttack) else adv)
+                    self._keep_attack(name, atk, x, idx, out.flow if out.flow is not None else out.adversarial)
             elif self.keep_flows:
                 self._keep_attack(name, atk, x, idx, None)
             self.success[name].append(success.cpu())
@@ -653,12 +379,12 @@ class _Accumulator:
         for name in self.names:
             fooled_so_far = fooled_so_far | success[name]
             still = clean & ~(fooled_so_far if cascade else success[name])
-            robust_acc[name] = float(still.float().mean())
+            robust_acc[name] = fraction(still)
         robust = clean & ~fooled_so_far
         queries = {k: (q / self.attacked[k] if self.attacked[k] else 0.0) for k, q in self.queries.items()}
         return RobustnessReport(
-            n=n, clean_accuracy=float(clean.float().mean()), robust_accuracy=robust_acc,
-            worst_case_accuracy=float(robust.float().mean()), clean_correct=clean, success=success,
+            n=n, clean_accuracy=fraction(clean), robust_accuracy=robust_acc,
+            worst_case_accuracy=fraction(robust), clean_correct=clean, success=success,
             robust=robust, flows=torch.cat(self.flows) if self.keep_flows else None, time_s=dict(self.time_s),
             queries=queries, eps=eps, norm=norm, cascade=cascade, attacked=dict(self.attacked),
             labels=torch.cat(self.labels), seed=seed,

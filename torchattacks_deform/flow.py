@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compat import create_meshgrid
-from ._flowcheck import _check_finite, _check_images_layout, check_flow
+from ._flowcheck import _check_finite, check_flow
 from .units import flow_to_normalized, flow_to_pixels, normalized_to_pixels, pixels_to_normalized
-from .validation import check_choice, check_number
+from .validation import check_choice, check_images, check_number
 
 __all__ = [
     "NORMS",
@@ -106,7 +106,7 @@ def warp(
         :math:`\partial^2 x' / \partial v^2`) raised "derivative for
         grid_sampler_2d_backward is not implemented" in PyTorch up to at least 2.0
         (pytorch/pytorch#34704); recent releases implement it (torch 2.14 passes
-        ``gradgradcheck``). ``tests/test_flow.py`` checks which case the installed
+        ``gradgradcheck``). ``tests/torchattacks_deform/test_flow.py`` checks which case the installed
         PyTorch is in, and that it is correct where it works.
 
     Example:
@@ -121,7 +121,7 @@ def warp(
                 [ 9., 10., 11., 11.],
                 [13., 14., 15., 15.]])
     """
-    _check_images_layout(images)
+    check_images(images, layout_only=True)
     check_flow(flow, images)
     if flow.dtype != images.dtype or flow.device != images.device:
         raise TypeError(

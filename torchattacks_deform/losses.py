@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .validation import check_bool, check_choice, check_number
+from .validation import check_bool, check_choice, check_labels, check_logits, check_number
 
 __all__ = ["LOSSES", "attack_loss", "check_kappa", "dlr_loss", "dlr_targeted_loss", "margin_loss"]
 
@@ -37,15 +37,9 @@ def check_kappa(kappa: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def _check_logits_labels(logits: Any, labels: Any) -> None:
-    if not isinstance(logits, Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits: expected a floating-point tensor (B, K), got "
-                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"logits: expected shape (B, K) with K >= 2, got {tuple(logits.shape)}")
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected a ({logits.shape[0]},) tensor of class indices, got {shape}")
+def _check_logits_labels(logits: Any, labels: Any, name: str = "labels") -> None:
+    check_logits(logits, None, "logits")
+    check_labels(labels, logits.shape[0], name=name)
 
 
 def margin_loss(logits: Tensor, labels: Tensor, targeted: bool = False, kappa: Optional[float] = 0.0) -> Tensor:
@@ -160,7 +154,7 @@ def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor
         tensor([-0.4000])
     """
     _check_logits_labels(logits, labels)
-    _check_logits_labels(logits, targets)
+    _check_logits_labels(logits, targets, "targets")
     if logits.shape[1] < 4:
         raise ValueError(f"logits: the targeted DLR loss needs at least 4 classes, got {logits.shape[1]}")
     top = logits.sort(dim=1, descending=True).values

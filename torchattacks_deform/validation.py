@@ -36,6 +36,7 @@ __all__ = [
     "check_budget",
     "check_choice",
     "check_images",
+    "check_logits",
     "check_labels",
     "check_member_budget",
     "check_number",
@@ -177,8 +178,12 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     return value
 
 
-def check_images(images: Any, name: str = "images") -> None:
+def check_images(images: Any, name: str = "images", *, layout_only: bool = False) -> None:
     """Raise unless ``images`` is a non-empty, finite, floating-point ``(B, C, H, W)`` batch in [0, 1].
+
+    The one image-batch rule of the three packages. ``layout_only=True`` checks the layout
+    alone (a floating-point ``(B, C, H, W)`` tensor, ``C >= 1``, ``H, W >= 2``): the warp and
+    the training transforms take any values (normalized images, a batch of zero images).
 
     Example:
         >>> check_images(torch.rand(2, 1, 4, 4))
@@ -186,19 +191,24 @@ def check_images(images: Any, name: str = "images") -> None:
         Traceback (most recent call last):
         ...
         ValueError: images: expected values in [0, 1], got range [...] (with set_normalization_used, ...)
+        >>> check_images(torch.rand(4, 4) - 5, "x", layout_only=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: x: expected rank 4 (B, C, H, W), got shape (4, 4)
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
-        raise TypeError(
-            f"{name}: expected a floating-point tensor in [0, 1], got dtype {images.dtype}"
-        )
+        raise TypeError(f"{name}: expected a floating-point tensor{'' if layout_only else ' in [0, 1]'}, got dtype "
+                        f"{images.dtype}")
     if images.dim() != 4:
         raise ValueError(f"{name}: expected rank 4 (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(images.shape)}")
     if images.shape[1] == 0 or images.shape[2] < 2 or images.shape[3] < 2:
         raise ValueError(f"{name}: expected C >= 1, H >= 2 and W >= 2, got shape {tuple(images.shape)}")
+    if layout_only:
+        return
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(images.shape)}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     lo, hi = float(images.min()), float(images.max())
@@ -207,6 +217,39 @@ def check_images(images: Any, name: str = "images") -> None:
             f"{name}: expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]"
             " (with set_normalization_used, pass normalized images to the attack's __call__)"
         )
+
+
+def check_logits(logits: Any, batch_size: Optional[int] = None, name: str = "model output", *,
+                 finite: bool = False) -> None:
+    """Raise unless ``logits`` are a classifier's floating-point ``(batch_size, K)`` outputs, ``K >= 2``.
+
+    The one logits rule of the three packages: the attacks check every model call with
+    ``finite=True`` (a NaN would be counted as a misclassification), the losses and the
+    training penalties check the shape (``batch_size`` None: any batch).
+
+    Example:
+        >>> check_logits(torch.zeros(4, 10), 4)
+        >>> check_logits(torch.zeros(4, 10, 2, 2), 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: model output: expected logits of shape (4, K) with K >= 2 classes, got shape (4, 10, 2, 2)
+        >>> check_logits(torch.tensor([[0.0, float("nan")]]), 1, finite=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: model output: expected finite logits of shape (1, K) with K >= 2 classes, got NaN or inf for 1 of 1 examples (check the model, the normalization of its inputs and set_precision)
+    """
+    rows = "B" if batch_size is None else batch_size
+    expected = f"{'finite ' if finite else ''}logits of shape ({rows}, K) with K >= 2 classes"
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name}: expected {expected}, got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[1] < 2 or (batch_size is not None and logits.shape[0] != batch_size):
+        raise ValueError(f"{name}: expected {expected}, got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name}: expected {expected} (floating point), got dtype {logits.dtype}")
+    if finite and not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits.detach())).any(dim=1).sum())
+        raise ValueError(f"{name}: expected {expected}, got NaN or inf for {bad} of {logits.shape[0]} examples "
+                         "(check the model, the normalization of its inputs and set_precision)")
 
 
 def check_labels(labels: Any, batch_size: int, num_classes: Optional[int] = None, name: str = "labels") -> None:

@@ -1,9 +1,8 @@
-"""Command line: ``python -m fgr_defense train ...`` (also under ``torchrun --nproc_per_node N``).
+"""The ``deform-robust train`` command: arguments -> :class:`~deform_robust.training.spec.TrainSpec` ->
+:func:`~deform_robust.training.run.train_from_spec` (also under ``torchrun --nproc_per_node N``).
 
-A thin wrapper: arguments -> :class:`~fgr_defense.spec.TrainSpec` ->
-:func:`~fgr_defense.spec.train_from_spec`. Building the parser imports no ``torch`` (``--help``
-answers at once); the heavy imports happen in :func:`run_train`. Another console script can
-mount the same sub-command with :func:`add_train_arguments` and :func:`run_train`.
+Adding the options (:func:`add_train_arguments`) imports no ``torch``, so ``deform-robust --help``
+answers at once; the heavy imports happen in :func:`run_train`.
 
 Writes ``OUT/model.pt`` (checkpoint, see :mod:`fgr_defense.trainer`), ``OUT/log.json`` (metrics
 per epoch), ``OUT/train.log`` and, with ``--keep-best``, ``OUT/best.pt``. Exit status: 0 done,
@@ -12,10 +11,10 @@ interrupted with Ctrl-C (``model.pt`` is written after the running step; the mes
 command that resumes).
 
 Example:
-    >>> parser = build_parser()
-    >>> args = parser.parse_args(["-v", "train", "--defense", "FGR+RS", "--weight", "5", "-v"])
-    >>> args.command, args.defense, args.weight, args.verbose + args.train_verbose
-    ('train', 'FGR+RS', 5.0, 2)
+    >>> import argparse
+    >>> args = add_train_arguments(argparse.ArgumentParser()).parse_args(["--defense", "FGR+RS", "--weight", "5"])
+    >>> args.defense, args.weight, args.schedule
+    ('FGR+RS', 5.0, 'fast')
 """
 
 from __future__ import annotations
@@ -24,43 +23,17 @@ import argparse
 import logging
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
-from .constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
+from fgr_defense.constants import DATASETS, DEFENSES, MODEL_NAMES, PIPELINES, SCHEDULES, VARIANTS
+from fgr_defense.files import OutputLockedError, OutputWriteError, check_writable
 
-__all__ = ["EXAMPLES", "add_train_arguments", "build_parser", "main", "resume_command", "run_train", "spec_from_args",
-           "train_from_args"]
+__all__ = ["PROG", "add_train_arguments", "resume_command", "run_train", "spec_from_args"]
 
-logger = logging.getLogger("fgr_defense")
+logger = logging.getLogger(__name__)
 
-PROG = "python -m fgr_defense"
-
-EXAMPLES = """\
-examples:
-  # FGR+RS on the embedded MNIST-5k (no download), a few minutes on a CPU
-  python -m fgr_defense train --defense FGR+RS --weight 5 --epochs 8 --out runs/fgr-rs
-  # continue it after a crash, or to more epochs
-  python -m fgr_defense train --defense FGR+RS --weight 5 --epochs 10 --out runs/fgr-rs --resume
-  # the paper's FGR on CIFAR-10 with the paper's schedule (lambda converted to --weight)
-  python -m fgr_defense train --dataset cifar10 --data-root data --download --model vgg11 \\
-      --defense FGR --lam 400 --preset paper --out runs/c10-fgr
-  # the authors' public code, like for like: their variant, data pipeline, schedule, best epoch
-  python -m fgr_defense train --dataset cifar10 --data-root data --model vgg11 --defense FGR+RS \\
-      --lam 300 --lam-batch-size 128 --variant authors --pipeline authors --preset authors --keep-best
-"""
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks; show the defaults that say something (not None/False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-            or isinstance(action, argparse._CountAction)
-        if "%(default)" not in text and not quiet and action.option_strings:
-            text += " (default: %(default)s)"
-        return text
-
+PROG = "deform-robust train"
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -73,10 +46,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` options to ``parser`` (any parser or sub-parser); returns it.
 
-    Pair with :func:`run_train` (``parser.set_defaults(handler=run_train)`` or similar).
-    Imports no ``torch``. ``-v/--verbose`` is left to the caller (so that a console script
-    can put it on its main parser and its sub-commands alike); :func:`run_train` logs at
-    DEBUG level when ``args.verbose`` or ``args.train_verbose`` is set.
+    Pair with :func:`run_train`. Imports no ``torch``. ``-v/--verbose`` is left to the caller
+    (``deform-robust`` puts it on its main parser and its sub-commands alike); :func:`run_train`
+    logs at DEBUG level when ``args.verbose`` is set.
     """
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", default="mnist5k", choices=list(DATASETS),
@@ -97,15 +69,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     what.add_argument("--eps", type=float, default=None,
                       help="L-inf budget of adversarial training (default: 0.1 MNIST, 0.01 CIFAR)")
     how = parser.add_argument_group("schedule")
-    how.add_argument("--preset", default="fast", choices=list(SCHEDULES),
+    how.add_argument("--schedule", default="fast", choices=list(SCHEDULES),
                      help="training schedule: paper (SGD, lr 0.1, batch 256), authors (their code, CIFAR), "
                           "fast (Adam, 8 epochs)")
-    how.add_argument("--epochs", type=int, default=None, help="total epochs (default: the preset's)")
-    how.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the preset's)")
-    how.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the preset's)")
-    how.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="override the preset's optimizer")
-    how.add_argument("--momentum", type=float, default=None, help="override the preset's SGD momentum")
-    how.add_argument("--weight-decay", type=float, default=None, help="override the preset's weight decay")
+    how.add_argument("--preset", dest="schedule", choices=list(SCHEDULES), help=argparse.SUPPRESS)  # the old name
+    how.add_argument("--epochs", type=int, default=None, help="total epochs (default: the schedule's)")
+    how.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the schedule's)")
+    how.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the schedule's)")
+    how.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="override the schedule's optimizer")
+    how.add_argument("--momentum", type=float, default=None, help="override the schedule's SGD momentum")
+    how.add_argument("--weight-decay", type=float, default=None, help="override the schedule's weight decay")
     how.add_argument("--milestones", type=_int_list, default=None,
                      help="override the epochs after which the lr drops, e.g. 40,60")
     how.add_argument("--gamma", type=float, default=None, help="override the lr drop factor")
@@ -135,24 +108,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fgr_defense`` argument parser (sub-command ``train``); imports no ``torch``."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Train classifiers with the paper's defenses.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (DEBUG)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="the sub-command ('COMMAND --help' lists its options)")
-    train = sub.add_parser("train", help="train one model with one defense", description=(
-        "Train one model with one defense; writes OUT/model.pt, OUT/log.json and OUT/train.log."),
-        epilog=EXAMPLES, formatter_class=_HelpFormatter)
-    add_train_arguments(train)
-    train.add_argument("-v", "--verbose", dest="train_verbose", action="count", default=0,
-                       help="more log output (DEBUG), also accepted after the sub-command")
-    return parser
-
-
 #: Spec field -> option, for error messages of the command line.
-_FLAGS = {"validation": "--no-val", "augment": "--no-augment", "schedule": "--preset", "progress": "--no-progress",
+_FLAGS = {"validation": "--no-val", "augment": "--no-augment", "schedule": "--schedule", "progress": "--no-progress",
           "lam, weight": "--lam, --weight", "lam/weight": "--lam/--weight", "data_root": "--data-root"}
 
 
@@ -170,15 +127,18 @@ def _as_flags(message: str) -> str:
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~fgr_defense.spec.TrainSpec` of parsed ``train`` arguments (validated)."""
-    from .presets import get_schedule
-    from .spec import TrainSpec
+    """The :class:`~deform_robust.training.spec.TrainSpec` of parsed ``train`` arguments (validated)."""
+    from fgr_defense.defenses import (
+        get_schedule,  # torch: imported when the command runs, not for --help
+    )
 
-    schedule: Any = args.preset
+    from .spec import TrainSpec  # torch: imported when the command runs, not for --help
+
+    schedule: Any = args.schedule
     custom = {k: getattr(args, k) for k in ("optimizer", "momentum", "weight_decay", "milestones", "gamma")
               if getattr(args, k, None) is not None}
     if custom:
-        schedule = get_schedule(args.preset, args.dataset).replace(name=f"{args.preset}-custom", **custom)
+        schedule = get_schedule(args.schedule, args.dataset).replace(name=f"{args.schedule}-custom", **custom)
     return TrainSpec(
         dataset=args.dataset, model=args.model, defense=args.defense, weight=args.weight, lam=args.lam,
         lam_batch_size=args.lam_batch_size, sigma=args.sigma, variant=args.variant, eps=args.eps,
@@ -190,28 +150,17 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def train_from_args(args: argparse.Namespace) -> Any:
-    """Backward-compatible: train from parsed arguments and return the checkpoint path (raises on errors).
-
-    Prefer :func:`run_train` (exit status) or :func:`~fgr_defense.spec.train_from_spec`.
-    """
-    from .spec import train_from_spec
-
-    spec = spec_from_args(args)
-    return train_from_spec(spec, _out_dir(args, spec), mode="resume" if args.resume else "new").checkpoint
-
-
 def _out_dir(args: argparse.Namespace, spec: Any) -> Any:
-    from .presets import default_out_dir
+    from .spec import default_out_dir  # torch: imported when the command runs, not for --help
 
     return args.out or default_out_dir(spec.dataset, spec.model, spec.defense, args.lam, weight=args.weight)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "train_verbose", 0) or 0)
-    level = logging.DEBUG if verbose else getattr(logging, getattr(args, "log_level", "INFO"))
+    level = logging.DEBUG if getattr(args, "verbose", False) else getattr(logging, getattr(args, "log_level", "INFO"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("fgr_defense").setLevel(level)
+    for name in ("fgr_defense", "deform_robust.training"):  # the training code's loggers only
+        logging.getLogger(name).setLevel(level)
 
 
 def resume_command(prog: str, argv: Sequence[str] | None = None) -> str:
@@ -233,8 +182,6 @@ def resume_command(prog: str, argv: Sequence[str] | None = None) -> str:
 
 def _interrupted(err: KeyboardInterrupt, out: Any, prog: str, argv: Sequence[str] | None) -> int:
     """One line for a Ctrl-C: where the checkpoint is and the command that resumes; exit status 130."""
-    from pathlib import Path
-
     ckpt = getattr(err, "checkpoint", None)
     if ckpt is None and (Path(out) / "model.pt").is_file():
         ckpt = Path(out) / "model.pt"  # interrupted at once (a second Ctrl-C): the last checkpoint written
@@ -245,7 +192,7 @@ def _interrupted(err: KeyboardInterrupt, out: Any, prog: str, argv: Sequence[str
     return 130
 
 
-def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Sequence[str] | None = None) -> int:
+def run_train(args: argparse.Namespace, prog: str = PROG, argv: Sequence[str] | None = None) -> int:
     """Run ``train`` with parsed arguments (from :func:`add_train_arguments`); returns the exit status.
 
     0: done; 1: a training or data error (one line on stderr); 2: bad arguments, found before
@@ -255,23 +202,23 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Seque
     """
     _configure_logging(args)
     try:
-        from .device import resolve_device
+        from fgr_defense.device import (
+            resolve_device,  # torch: imported when the command runs, not for --help
+        )
 
         spec = spec_from_args(args)
         resolve_device(spec.device)
         out = _out_dir(args, spec)
-        from .checkpoint import check_writable  # torch-free, like this module
-
         check_writable(out, "--out", folder=True)
     except (ValueError, TypeError) as err:
         sys.stderr.write(f"{prog}: error: {_as_flags(str(err))}\n")
         return 2
 
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch: imported when the command runs, not for --help
 
-    from .checkpoint import OutputLockedError, OutputWriteError
-    from .spec import train_from_spec
-    from .trainer import NonFiniteLossError
+    from fgr_defense.trainer import NonFiniteLossError
+
+    from .run import train_from_spec
 
     owned_group = not (dist.is_available() and dist.is_initialized())
     try:
@@ -291,11 +238,3 @@ def run_train(args: argparse.Namespace, prog: str = f"{PROG} train", argv: Seque
         if owned_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # the one torchrun's environment made us create
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (argparse itself exits with 2 on unparsable arguments)."""
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return run_train(args, argv=argv)
-    return 2  # pragma: no cover - argparse requires a known command

@@ -1,8 +1,9 @@
-"""Train one model from a :class:`TrainSpec`: the one code path of the CLI, the harness and the tests.
+"""What one training run is: :class:`TrainSpec` (validated, JSON-able), its identity, and :class:`TrainResult`.
 
-``train_from_spec(spec, out_dir, mode=...)`` builds the data, model, defense and schedule that
-``spec`` names, trains with :class:`~fgr_defense.trainer.Trainer` into ``out_dir`` and returns
-a :class:`TrainResult` (the checkpoint to evaluate, the history, the time).
+Harness code (timm keeps it in ``train.py``, beside the library): :func:`~deform_robust.training.run.train_from_spec`
+builds the data, model, defense and schedule that a spec names from :mod:`fgr_defense` and trains
+with :class:`~fgr_defense.trainer.Trainer` into an output folder. The ``train`` command, the
+experiment harness (``eval/``), the benchmarks and the tests all go through it.
 
 Convention:
     **Identity.** The fields that determine the trained weights form the spec's identity
@@ -14,30 +15,29 @@ Convention:
     epochs. The runtime options (``device``, ``workers``, ``progress``,
     ``checkpoint_every``, ``download``, ``validation``, ``val_batch_size``, and ``val_limit``
     without ``keep_best``) are not part of it.
-
-    **Modes.** ``"new"`` refuses an ``out_dir`` that holds a checkpoint; ``"resume"``
-    requires one with the same identity (each difference is named) and at most ``epochs``
-    epochs; ``"auto"`` reuses a complete checkpoint of the same identity (``cached=True``),
-    resumes an incomplete one, and retrains from scratch, with a logged warning, when the
-    identity differs, the checkpoint is unreadable or has more epochs. A finished run
-    always ends with a complete ``log.json`` (rewritten from the checkpoint's history).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Union
 
+from fgr_defense.constants import DATASETS, DEFENSE_FACTS, MAX_LR, MODEL_NAMES, PIPELINES, SCHEDULES
+from fgr_defense.defenses import (
+    PAPER_BATCH_SIZE,
+    Schedule,
+    check_defense_args,
+    get_schedule,
+    resolve_defense_name,
+)
+from fgr_defense.naming import slugify
 from torchattacks_deform.validation import check_bool, check_choice, check_number
 
-from .constants import DATASETS, MAX_LR, MODEL_NAMES, PIPELINES, SCHEDULES, TRAIN_MODES
-from .presets import DEFAULT_LAMBDA, PAPER_BATCH_SIZE, Schedule, check_defense_args, get_schedule
-
-__all__ = ["IDENTITY_FIELDS", "RUNTIME_FIELDS", "TrainResult", "TrainSpec", "train_from_spec"]
+__all__ = ["IDENTITY_FIELDS", "RUNTIME_FIELDS", "TrainResult", "TrainSpec", "default_out_dir",
+           "identity_differences"]
 
 
 #: Fields of :class:`TrainSpec` that determine the weights (see the module docstring).
@@ -60,14 +60,14 @@ class TrainSpec:
         model: ``"smallcnn"``, ``"vgg11"`` or ``"resnet18"``.
         defense: one of the paper's defenses (case-insensitive; stored canonical).
         weight: this package's penalty weight, or None to convert ``lam``.
-        lam: the paper's lambda (authors' convention); default :data:`~fgr_defense.presets.DEFAULT_LAMBDA`
+        lam: the paper's lambda (authors' convention); default :data:`~fgr_defense.defenses.DEFAULT_LAMBDA`
             for regularized defenses when ``weight`` is None.
         lam_batch_size: the batch size ``lam`` refers to (the paper's 256).
         sigma: FGR+RS random start in pixels (None: the paper's 0.01 normalized).
         variant: ``"paper"`` or ``"authors"`` (FGR defenses).
         eps: L-inf budget of adversarial training (None: the paper's).
-        schedule: a preset name (``"paper"``, ``"fast"``, ``"authors"``) or a custom
-            :class:`~fgr_defense.presets.Schedule` (a dict is converted).
+        schedule: a schedule name (``"paper"``, ``"fast"``, ``"authors"``) or a custom
+            :class:`~fgr_defense.defenses.Schedule` (a dict is converted).
         epochs, batch_size, lr: overrides of the schedule's values (None: keep).
         pipeline: data pipeline, ``"paper"`` or ``"authors"`` (:func:`~fgr_defense.data.get_dataset`).
         augment: training augmentation of the pipeline.
@@ -144,8 +144,8 @@ class TrainSpec:
                                      lam_batch_size=self.lam_batch_size, sigma=self.sigma, variant=self.variant,
                                      eps=self.eps)
         set_(self, "defense", defense)
-        if defense not in ("Standard", "AT-FGSM", "AT-PGD") and self.weight is None and self.lam is None:
-            set_(self, "lam", DEFAULT_LAMBDA["IGR" if defense == "IGR" else "FGR"])
+        if self.weight is None and self.lam is None and DEFENSE_FACTS[defense].default_lambda is not None:
+            set_(self, "lam", DEFENSE_FACTS[defense].default_lambda)
         if isinstance(self.schedule, Mapping):
             set_(self, "schedule", Schedule.from_dict(self.schedule))
         elif not isinstance(self.schedule, Schedule):
@@ -178,17 +178,17 @@ class TrainSpec:
             raise ValueError("val_limit: set, but validation is off (--no-val); drop one of them")
         if self.keep_best and not self.validation:
             raise ValueError("keep_best: selects best.pt by validation accuracy, but validation is off (--no-val)")
-        self.training_schedule()  # the preset exists for the dataset and the overrides are valid
+        self.training_schedule()  # the schedule exists for the dataset and the overrides are valid
 
     # ------------------------------------------------------------------ derived
     def training_schedule(self) -> Schedule:
-        """The schedule: the preset for the dataset (or the custom one) with the overrides applied."""
+        """The schedule: the named one for the dataset (or the custom one) with the overrides applied."""
         base = self.schedule if isinstance(self.schedule, Schedule) else get_schedule(self.schedule, self.dataset)
         changes = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr") if getattr(self, k) is not None}
         return base.replace(**changes) if changes else base
 
     def defense_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~fgr_defense.presets.build_defense` (after the name and model)."""
+        """Keyword arguments of :func:`~fgr_defense.defenses.build_defense` (after the name and model)."""
         kw: dict[str, Any] = {"weight": self.weight, "lam": self.lam, "sigma": self.sigma, "variant": self.variant,
                               "eps": self.eps}
         if self.lam is not None:
@@ -282,60 +282,24 @@ def identity_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) ->
     return [f"{k}: stored {a.get(k)!r}, given {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def train_from_spec(spec: TrainSpec, out_dir: str | Path, *, mode: str = "new") -> TrainResult:
-    """Train (or continue, or reuse) the run ``spec`` describes in ``out_dir``.
-
-    Args:
-        spec: the run.
-        out_dir: its folder: ``model.pt``, ``log.json``, ``train.log`` (and ``best.pt``).
-        mode: ``"new"``, ``"resume"`` or ``"auto"`` (module docstring).
-
-    Returns:
-        :class:`TrainResult`.
-
-    Raises:
-        FileExistsError: ``mode="new"`` and ``out_dir`` holds a checkpoint.
-        OutputLockedError: another process is training into ``out_dir`` (its lock, see
-            :class:`~fgr_defense.checkpoint.OutputLock`).
-        FileNotFoundError: ``mode="resume"`` without a checkpoint; a missing dataset.
-        ValueError: ``mode="resume"`` with other identity settings (each difference is named),
-            an unusable device, a batch size the processes cannot share, bad data.
-        NonFiniteLossError: training diverged (the last good checkpoint is kept).
+def default_out_dir(
+    dataset: str,
+    model: str,
+    defense: str,
+    lam: float | None = None,
+    root: str | Path = "results/train",
+    weight: float | None = None,
+) -> Path:
+    """``<root>/<slug>``, the slug (:func:`~fgr_defense.naming.slugify`) of ``<dataset>-<model>-<defense>[-lam<lam>][-w<weight>]``.
 
     Example:
-        >>> import tempfile
-        >>> spec = TrainSpec(epochs=1, limit=32, val_limit=32, batch_size=16, device="cpu", progress=False)
-        >>> with tempfile.TemporaryDirectory() as out:
-        ...     result = train_from_spec(spec, out)
-        ...     again = train_from_spec(spec, out, mode="auto")
-        >>> result.checkpoint.name, len(result.history), result.cached, again.cached
-        ('model.pt', 1, False, True)
+        >>> default_out_dir("mnist5k", "smallcnn", "FGR+RS+AT-PGD").as_posix()
+        'results/train/mnist5k-smallcnn-fgr-rs-at-pgd'
+        >>> default_out_dir("mnist5k", "smallcnn", "IGR", lam=1000).as_posix()
+        'results/train/mnist5k-smallcnn-igr-lam1000'
+        >>> default_out_dir("mnist5k", "smallcnn", "FGR", weight=20).as_posix()
+        'results/train/mnist5k-smallcnn-fgr-w20'
     """
-    from .checkpoint import OutputLock, remove_stale_temporaries
-    from .device import resolve_device
-    from .spec_run import finish_cached, plan, train_new_or_resume
-
-    if not isinstance(spec, TrainSpec):
-        raise TypeError(f"spec: expected a TrainSpec, got {type(spec).__name__}")
-    check_choice(mode, "mode", TRAIN_MODES)
-    t0 = time.perf_counter()
-    device = resolve_device(spec.device)  # before any work
-    out = Path(out_dir)
-    lock = OutputLock(out).acquire() if _main_process() else None
-    try:
-        if lock is not None:  # nobody else writes here now: leftovers of a killed run go
-            remove_stale_temporaries(out)
-        action = plan(spec, out, mode)
-        if action == "done":
-            return finish_cached(spec, out, t0)
-        return train_new_or_resume(spec, out, device, resume=action == "resume", wipe=action == "wipe", t0=t0)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _main_process() -> bool:
-    """True outside torchrun and on its rank 0 (the process that holds the output folder's lock)."""
-    from .distributed import launched_distributed
-
-    return not launched_distributed() or int(os.environ.get("RANK", "0")) == 0
+    suffix = f"-lam{lam:g}" if lam is not None else ""
+    suffix += f"-w{weight:g}" if weight is not None else ""
+    return Path(root) / slugify(f"{dataset}-{model}-{resolve_defense_name(defense)}{suffix}")

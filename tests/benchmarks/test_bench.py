@@ -21,7 +21,7 @@ from benchmarks.timing import interleave, peak_memory, ratio_stats
 from fgr_defense.regularizers import FGR, IGR
 from torchattacks_deform import StAdv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestStatistics:

@@ -1,4 +1,4 @@
-"""Presets and the ``python -m fgr_defense train`` command line (in process and as a subprocess)."""
+"""Presets and the ``deform-robust train`` command line (in process and as a subprocess)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ import pytest
 import torch
 import torchattacks
 
+from deform_robust.cli import main
+from deform_robust.training import default_out_dir
 from fgr_defense import FGR, IGR, load_checkpoint, load_model
-from fgr_defense.cli import main
-from fgr_defense.models import SmallCNN
-from fgr_defense.presets import (
+from fgr_defense.defenses import (
     DEFENSES,
     PAPER_LAMBDAS,
     build_defense,
-    default_out_dir,
     get_schedule,
     resolve_defense_name,
 )
+from fgr_defense.models import SmallCNN
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class TestPresets:
@@ -84,7 +84,7 @@ class TestPresets:
             opt.step()
             sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
-        with pytest.raises(ValueError, match="preset"):
+        with pytest.raises(ValueError, match="schedule: expected one of"):
             get_schedule("slow", "mnist")
 
     def test_names(self) -> None:
@@ -151,7 +151,7 @@ class TestCLI:
 def test_sigkill_mid_epoch_and_resume(tmp_path: Path) -> None:
     """Kill a CLI run with SIGKILL mid-epoch, resume it: same number of steps, no lost/duplicated epochs."""
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "fgr_defense", "train", "--defense", "FGR", "--weight", "1", "--epochs", "3",
+    args = [sys.executable, "-m", "deform_robust.cli", "train", "--defense", "FGR", "--weight", "1", "--epochs", "3",
             "--limit", "640", "--batch-size", "32", "--no-val", "--no-progress", "--checkpoint-every", "3",
             "--out", str(out)]  # 20 steps per epoch
     env = dict(os.environ, OMP_NUM_THREADS="1")

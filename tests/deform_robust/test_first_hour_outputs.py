@@ -38,7 +38,7 @@ from torchattacks_deform import (
     evaluate_robustness,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROVENANCE_KEYS = {"package", "version", "torch", "python", "git_revision", "weights_sha256"}
 REVISION = re.compile(r"[0-9a-f]{4,40}(\+dirty)?")
 
@@ -237,12 +237,12 @@ class TestEvaluateCommand:
 
     def test_a_full_disk_at_write_time_is_one_line(self, user: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-        import fgr_defense.checkpoint
+        import fgr_defense.files
 
         def full(path: Any, write: Any) -> None:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(fgr_defense.checkpoint, "atomic_write", full)
+        monkeypatch.setattr(fgr_defense.files, "atomic_write", full)
         assert dr_main([*user["args"], "--eps", "0.5", "--out", str(user["dir"] / "o")]) == 1
         err = capsys.readouterr().err.strip()
         assert err == f"error: --out: could not write {str(user['dir'] / 'o' / 'robustness.json')!r} " \

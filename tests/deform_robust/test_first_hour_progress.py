@@ -36,16 +36,16 @@ from tqdm import tqdm
 
 from deform_robust.cli import build_parser
 from deform_robust.cli import main as dr_main
+from deform_robust.cli import main as fgr_main
 from deform_robust.config import ConfigError, load_config, parse_config
 from deform_robust.data import load_test_data
 from deform_robust.runner import run_config
+from deform_robust.training.cli import resume_command, spec_from_args
 from fgr_defense import Trainer, TrainingInterrupted, load_checkpoint
-from fgr_defense.cli import main as fgr_main
-from fgr_defense.cli import resume_command, spec_from_args
 from fgr_defense.data import DatasetUnreadableError, get_dataset, load_mnist5k
 from torchattacks_deform import evaluate_robustness
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def linear(classes: int = 10, pixels: int = 784, seed: int = 0) -> nn.Module:

@@ -27,17 +27,17 @@ import pytest
 import torch
 from torch import nn
 
-from deform_robust.cells import Cell, CellStore
+from deform_robust.cells import Cell, CellStore, plan_cells
 from deform_robust.cli import main as dr_main
+from deform_robust.cli import main as fgr_main
 from deform_robust.config import ConfigError, load_config, parse_config, read_yaml
 from deform_robust.registry import import_object
-from deform_robust.runner import plan_cells, run_config
-from fgr_defense.checkpoint import OutputLock, atomic_write_text, remove_stale_temporaries
-from fgr_defense.cli import main as fgr_main
-from fgr_defense.spec import TrainSpec, train_from_spec
+from deform_robust.runner import run_config
+from deform_robust.training import TrainSpec, train_from_spec
+from fgr_defense.files import OutputLock, atomic_write_text, remove_stale_temporaries
 from torchattacks_deform import FlowAutoAttack, FlowFGSM, FlowPGD, StAdv, evaluate_robustness
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = ["--epochs", "1", "--limit", "16", "--batch-size", "16", "--no-val", "--device", "cpu", "--no-progress"]
 
 
@@ -100,13 +100,11 @@ class TestCellIdentity:
 
 # 2 ----------------------------------------------------------------------------------------------
 class TestTrainLock:
-    @pytest.mark.parametrize("cli", ["fgr_defense", "deform-robust"])
-    def test_second_train_on_one_out_stops_at_once(self, tmp_path: Path, cli: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def test_second_train_on_one_out_stops_at_once(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         out = tmp_path / "run"
         with OutputLock(out):  # another run holds the folder
             argv = ["train", "--out", str(out), *TINY_TRAIN]
-            status = fgr_main(argv) if cli == "fgr_defense" else dr_main(argv)
+            status = dr_main(argv)
         err = capsys.readouterr().err.strip()
         assert status == 1 and len(err.splitlines()) == 1, err
         assert str(out) in err and f"pid {os.getpid()}" in err

@@ -16,7 +16,7 @@ from deform_robust.runner import run_config
 from deform_robust.zoo import DEFAULT_SUITE
 from fgr_defense.models import SmallCNN
 
-CONFIGS = sorted((Path(__file__).parents[1] / "eval" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "eval" / "configs").glob("*.yaml"))
 PAPER_FAMILIES = {"FlowFGSM", "FlowPGD", "StAdv", "FlowES"}
 
 

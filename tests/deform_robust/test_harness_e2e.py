@@ -20,10 +20,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from deform_robust.cells import Cell, assign_cells, cell_seed, merge_records
+from deform_robust.cells import Cell, assign_cells, cell_seed, merge_records, plan_cells
 from deform_robust.config import EvalConfig, parse_config
 from deform_robust.results import CSV_FIELDS
-from deform_robust.runner import StaleResultsError, plan_cells, run_config
+from deform_robust.runner import StaleResultsError, run_config
 from eval.cli import main as eval_main
 from eval.report import pct, table1
 from fgr_defense.checkpoint import save_model

@@ -63,8 +63,12 @@ def test_compat_imports_robustbench() -> None:
     rbu = import_robustbench_utils()
     assert callable(rbu.load_model)
     import autoattack  # registered by the compat module when only pyautoattack is installed
+    import autoattack.state
+    import pyautoattack
+    import pyautoattack.state
 
-    assert hasattr(autoattack, "AutoAttack")
+    assert issubclass(autoattack.AutoAttack, pyautoattack.AutoAttack)
+    assert autoattack.state.EvaluationState is pyautoattack.state.EvaluationState  # robustbench's import
 
 
 def test_expected_file_layout() -> None:
@@ -149,6 +153,6 @@ def test_robustbench_model_on_the_users_own_data(tmp_path: Path, zoo_dir: Path, 
     rec = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert rec["n"] == 4
     with pytest.raises(ValueError, match=r"robustbench:<zoo>/<name>.*robustbench:cifar10/Wong2020Fast"):
-        from deform_robust.evaluate import load_model_spec
+        from deform_robust.evaluate import load_model_source
 
-        load_model_spec(f"robustbench:{NAME}", model_dir=str(zoo_dir), dataset=str(data))
+        load_model_source(f"robustbench:{NAME}", model_dir=str(zoo_dir), dataset=str(data))

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fgr_defense import Schedule, TrainSpec, load_checkpoint, train_from_spec
-from fgr_defense.cli import add_train_arguments, build_parser, main, run_train, spec_from_args
+from deform_robust.cli import build_parser, main
+from deform_robust.training import TrainSpec, train_from_spec
+from deform_robust.training.cli import add_train_arguments, run_train, spec_from_args
+from fgr_defense import Schedule, load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = dict(limit=32, val_limit=32, batch_size=16, epochs=1, device="cpu", progress=False)
 
 
@@ -41,7 +43,7 @@ class TestSpec:
             TrainSpec.from_dict({"lamda": 3})
         with pytest.raises(ValueError, match=r"schedule.lr: expected a finite number in \(0, 10\]"):
             TrainSpec(schedule={"optimizer": "sgd", "lr": 0.0, "batch_size": 32, "epochs": 3})
-        with pytest.raises(ValueError, match="preset: the authors' public code has settings for cifar10/cifar100"):
+        with pytest.raises(ValueError, match="schedule: the authors' public code has settings for cifar10/cifar100"):
             TrainSpec(schedule="authors")
         assert TrainSpec(dataset="cifar10", data_root="data", schedule="authors").training_schedule() == Schedule(
             "authors", "sgd", 0.01, 128, 80, 0.9, 5e-4, (40, 60), 0.1)  # the authors' utils/settings.py
@@ -146,7 +148,7 @@ class TestCommandLine:
         assert TrainSpec.from_dict(meta["spec"]) == spec and meta["identity"] == spec.identity()
 
     def test_custom_schedule_options(self) -> None:
-        args = build_parser().parse_args(["train", "--dataset", "cifar10", "--data-root", "d", "--preset", "paper",
+        args = build_parser().parse_args(["train", "--dataset", "cifar10", "--data-root", "d", "--schedule", "paper",
                                           "--milestones", "5,9", "--momentum", "0.5"])
         sched = spec_from_args(args).training_schedule()
         assert (sched.milestones, sched.momentum, sched.lr, sched.epochs) == ((5, 9), 0.5, 0.1, 80)
@@ -160,23 +162,23 @@ class TestCommandLine:
 
     def test_verbose_before_and_after_the_command(self) -> None:
         parser = build_parser()
-        assert parser.parse_args(["-v", "train"]).verbose == 1
-        assert parser.parse_args(["train", "-v"]).train_verbose == 1
-        assert parser.parse_args(["train", "--verbose"]).train_verbose == 1
-        both = parser.parse_args(["-v", "train", "-vv"])
-        assert both.verbose + both.train_verbose == 3
+        assert parser.parse_args(["train"]).verbose is False
+        assert parser.parse_args(["-v", "train"]).verbose is True
+        assert parser.parse_args(["train", "-v"]).verbose is True
+        assert parser.parse_args(["train", "--verbose"]).verbose is True
 
     def test_every_option_has_help_and_the_help_has_examples(self) -> None:
         parser = build_parser()
         train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
         for action in [*parser._actions, *train._actions]:
-            assert action.help, action.option_strings
+            assert action.help or isinstance(action, argparse._SubParsersAction), action.option_strings
         for text in (parser.format_help(), train.format_help()):
-            assert "examples:" in text and text.count("python -m fgr_defense train") >= 3
+            assert "examples:" in text and text.count("deform-robust train") >= 1
+        assert train.format_help().count("deform-robust train") >= 4
 
 
 def test_building_the_parser_imports_no_torch() -> None:
-    code = ("import sys; from fgr_defense.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from deform_robust.cli import build_parser; build_parser().format_help(); "
             "import fgr_defense; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', "
             "'numpy', 'torchattacks', 'torchattacks_deform')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -186,8 +188,8 @@ def test_building_the_parser_imports_no_torch() -> None:
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
 def test_help_runs_without_torch(argv: list[str]) -> None:
-    code = ("import runpy, sys; sys.argv = ['fgr_defense', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('fgr_defense', run_name='__main__')\n"
+    code = ("import runpy, sys; sys.argv = ['deform-robust', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('deform_robust.cli', run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             "assert 'torch' not in sys.modules\n")
     out = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)

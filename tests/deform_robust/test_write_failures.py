@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from fgr_defense.checkpoint import OutputWriteError, atomic_save
-from fgr_defense.cli import main as fgr_main
+from deform_robust.cli import main as fgr_main
+from fgr_defense.checkpoint import atomic_save
+from fgr_defense.files import OutputWriteError
 
 TINY = ["--dataset", "mnist5k", "--model", "smallcnn", "--epochs", "1", "--limit", "64", "--no-val", "--no-progress"]
 

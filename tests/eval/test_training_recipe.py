@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from deform_robust.training import train_from_spec
 from eval.pipeline import instance_spec, train_specs
 from eval.presets import Instance, load_preset
-from fgr_defense.spec import train_from_spec
 
 
 def test_every_instance_of_a_preset_trains_with_one_recipe() -> None:

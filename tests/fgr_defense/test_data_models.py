@@ -232,9 +232,9 @@ class TestPipelines:
 
 
 def test_name_lists_agree_with_the_modules() -> None:
-    from fgr_defense import constants, presets, regularizers
+    from fgr_defense import constants, defenses, regularizers
 
     assert set(constants.MODEL_NAMES) == set(MODELS)
-    assert presets.DEFENSES is constants.DEFENSES and regularizers.VARIANTS is constants.VARIANTS
+    assert defenses.DEFENSES is constants.DEFENSES and regularizers.VARIANTS is constants.VARIANTS
     for name in constants.SCHEDULES:
-        assert presets.get_schedule(name, "cifar10").name == name
+        assert defenses.get_schedule(name, "cifar10").name == name

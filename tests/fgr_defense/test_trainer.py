@@ -190,9 +190,9 @@ class TestErrors:
     def test_non_classifier_output(self, data: TensorDataset) -> None:
         model = nn.Conv2d(1, 3, 3)
         trainer = make_trainer(model)
-        with pytest.raises(ValueError, match=r"model output: expected classifier logits"):
+        with pytest.raises(ValueError, match=r"model output: expected logits of shape"):
             trainer.train_step(data.tensors[0][:4], data.tensors[1][:4])
-        with pytest.raises(ValueError, match=r"model output: expected classifier logits"):
+        with pytest.raises(ValueError, match=r"model output: expected logits of shape"):
             make_trainer(nn.Conv2d(1, 3, 3), regularizer=FGR(1.0)).train_step(data.tensors[0][:4], data.tensors[1][:4])
 
     @pytest.mark.parametrize("kwargs,match", [

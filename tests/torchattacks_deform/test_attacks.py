@@ -170,6 +170,17 @@ class TestContract:
         with pytest.raises(TypeError, match="model"):
             cls(lambda z: z)
 
+    def test_it_attacks(self, name: str, model: nn.Module, small: tuple[Tensor, Tensor]) -> None:
+        """An attack that returns its input (or moves nothing that matters) fails here."""
+        x, y = small
+        atk = FlowES(model, eps=1.0, population=10, steps=30) if name == "FlowES" else FACTORIES[name](model)
+        torch.manual_seed(0)
+        adv = atk(x, y)
+        with torch.no_grad():
+            fooled_adv = int((model(adv).argmax(1) != y).sum())
+            fooled_clean = int((model(x).argmax(1) != y).sum())
+        assert fooled_adv > fooled_clean, f"{name} fooled {fooled_adv} of {len(y)}, clean {fooled_clean}"
+
     def test_targeted_mode_runs(self, name: str, model: nn.Module, small: tuple[Tensor, Tensor]) -> None:
         x, y = small
         # FlowES needs more than the contract's 12 queries to reach a target class
