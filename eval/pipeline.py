@@ -179,6 +179,10 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     out = Path(out)
     dev = resolve_device(device)
     cache = out / "cache"
+    revision = git_revision(exclude=out)
+    if revision.endswith("+dirty"):  # say it now, not after the run: committed results need a clean tree
+        logger.warning("%s: the checkout has changes outside %s (git status); the report will say %s. For results "
+                       "to commit, run from a clean commit and keep logs outside the checkout", p.name, out, revision)
     logger.info("%s: %d training run(s) over seeds %s on %s -> %s", p.name, sum(len(p.instances_for(s)) for s in p.seeds),
                 list(p.seeds), dev, out)
     trained = _train_all(p, cache / "train", str(dev), progress)

@@ -262,3 +262,24 @@ def test_zero_weight_model_extends_the_baseline_frontier() -> None:
     # Standard joins both families: the shared range is [0.94, 0.96]; at c = 0.94 FGR's frontier is 0.45 and IGR's
     # 0.20 (its 0.90 model is less accurate), above it both are Standard's 0.20: +25 points at 1 of 201 c
     assert with_zero["frontier"]["gains"][0]["per_seed"][0] == pytest.approx(25 / 201)
+
+
+def test_a_dirty_checkout_is_warned_about_before_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Results to commit need a clean tree: a dirty one is said at the start, not found after 90 minutes."""
+    import eval.pipeline as pipeline
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_train_all", stop)
+    for revision, warned in (("abc1234+dirty", True), ("abc1234", False)):
+        monkeypatch.setattr(pipeline, "git_revision", lambda exclude=None, r=revision: r)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="eval.pipeline"), pytest.raises(Stop):
+            pipeline.run_pipeline(load_preset("tiny"), tmp_path / "out", device="cpu", progress=False)
+        said = [r.getMessage() for r in caplog.records if "abc1234+dirty" in r.getMessage()]
+        assert bool(said) == warned, said
