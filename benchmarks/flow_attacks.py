@@ -83,7 +83,7 @@ def attack_configs(eps: float) -> list[AttackConfig]:
 
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from deform_robust.training import train_from_spec
+    from deform_robust import train_from_spec
     from eval.pipeline import instance_spec
     from eval.presets import Instance, load_preset
     from fgr_defense.checkpoint import load_model

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from .registry import build_attack, resolve_attack
     from .robustbench import load_robustbench_model
     from .runner import run_config
+    from .training.run import train_from_spec
+    from .training.spec import TrainResult, TrainSpec
 
 __version__ = "0.2.0"
 
@@ -58,12 +60,17 @@ _LAZY = {
     "resolve_attack": ".registry",
     "load_robustbench_model": ".robustbench",
     "run_config": ".runner",
+    "TrainResult": ".training.spec",
+    "TrainSpec": ".training.spec",
+    "train_from_spec": ".training.run",
 }
 
 __all__ = [
     "EvalConfig",
     "FlowAutoAttack",
     "TestData",
+    "TrainResult",
+    "TrainSpec",
     "build_attack",
     "evaluate_robustness",
     "load_config",
@@ -73,6 +80,7 @@ __all__ = [
     "parse_config",
     "resolve_attack",
     "run_config",
+    "train_from_spec",
 ]
 
 

@@ -10,8 +10,11 @@ import argparse
 import json
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
+
+from fgr_defense.files import atomic_write_text, check_writable  # torch-free
 
 from .training.cli import add_train_arguments, run_train  # torch-free until a command runs
 
@@ -152,9 +155,6 @@ def add_zoo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     """The installed distribution's version (no torch import)."""
-    # the command's engine (torch among it) is imported when it runs: --help stays fast
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("deform-robust")
     except PackageNotFoundError:  # a checkout on sys.path, not installed
@@ -187,7 +187,7 @@ def _positive(value: int | None, name: str) -> None:
 
 
 def _budgets(text: str) -> list[float]:
-    # the command's engine (torch among it) is imported when it runs: --help stays fast
+    # torchattacks_deform.validation imports torch: only when the command runs, --help stays fast
     from torchattacks_deform.validation import check_budget
 
     try:
@@ -201,7 +201,7 @@ def _budgets(text: str) -> list[float]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     # the command's engine (torch among it) is imported when it runs: --help stays fast
-    from .evaluate import check_writable, run_model_source, write_output
+    from .evaluate import run_model_source, write_output
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")
@@ -223,9 +223,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, progress=False if args.no_progress else None)
     print(ev.table())
     if args.out is not None:
-        # the command's engine (torch among it) is imported when it runs: --help stays fast
-        from fgr_defense.files import atomic_write_text
-
         path = Path(args.out) / "robustness.json"
         text = json.dumps(ev.record(exclude=args.out), indent=1) + "\n"
         write_output(path, "--out", lambda: atomic_write_text(path, text))

@@ -3,8 +3,7 @@
 :func:`load_model_source` turns a model source into a module; :func:`run_model_source` runs
 :func:`torchattacks_deform.evaluate_robustness` at each budget (a :class:`ModelEvaluation`:
 the text table, the JSON record with its provenance, CSV rows and the adversarial images);
-:func:`evaluate_model_source` returns the table and the record. :func:`check_writable` checks
-an output destination before the evaluation starts.
+:func:`evaluate_model_source` returns the table and the record.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from torch import nn
 
 from fgr_defense.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_from_checkpoint
 from fgr_defense.device import resolve_device
-from fgr_defense.files import check_writable
 from torchattacks_deform import RobustnessReport, evaluate_robustness
 
 from .data import load_test_data
@@ -30,7 +28,7 @@ from .registry import resolve_attack
 from .results import write_csv
 from .robustbench import ROBUSTBENCH_DATASETS, expected_weight_files, load_robustbench_model
 
-__all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "ModelEvaluation", "check_writable", "evaluate_model_source",
+__all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "ModelEvaluation", "evaluate_model_source",
            "load_model_source", "run_model_source", "weights_files", "write_output"]
 
 #: Format name of the ``adversarial_eps<eps>.pt`` files of ``evaluate --save-adv``.

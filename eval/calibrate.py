@@ -212,7 +212,7 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
                     progress: bool = True) -> dict[str, Any]:
     """Train the scan on the calibration seeds, choose the grids, write the outputs; returns the JSON dict."""
     # torch, training, matplotlib: only when calibrating (rendering the report needs none)
-    from deform_robust.training import train_from_spec
+    from deform_robust import train_from_spec
     from fgr_defense.device import resolve_device
     from fgr_defense.naming import file_slug
 

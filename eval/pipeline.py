@@ -24,10 +24,10 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from deform_robust import TrainSpec, train_from_spec
 from deform_robust.config import EvalConfig, parse_config
 from deform_robust.data import load_test_data
 from deform_robust.runner import run_config
-from deform_robust.training import TrainSpec, train_from_spec
 from fgr_defense.constants import DATASETS, REFERENCE_DEFENSE
 from fgr_defense.defenses import paper_weight
 from fgr_defense.device import resolve_device

@@ -1,6 +1,6 @@
 """The one device rule of deform-robust: :func:`resolve_device`.
 
-Used by :class:`~fgr_defense.trainer.Trainer`, :func:`~deform_robust.training.train_from_spec`,
+Used by :class:`~fgr_defense.trainer.Trainer`, :func:`~deform_robust.train_from_spec`,
 the ``train`` command line and the evaluation harness, so that ``"auto"``, ``"cuda"`` and a
 missing GPU mean the same thing everywhere.
 """

@@ -51,26 +51,11 @@ class RunFolder:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-
-    @property
-    def model(self) -> Path:
-        return self.path / self.MODEL
-
-    @property
-    def best(self) -> Path:
-        return self.path / self.BEST
-
-    @property
-    def pending_best(self) -> Path:
-        return self.path / self.PENDING_BEST
-
-    @property
-    def log(self) -> Path:
-        return self.path / self.LOG
-
-    @property
-    def train_log(self) -> Path:
-        return self.path / self.TRAIN_LOG
+        self.model = self.path / self.MODEL
+        self.best = self.path / self.BEST
+        self.pending_best = self.path / self.PENDING_BEST
+        self.log = self.path / self.LOG
+        self.train_log = self.path / self.TRAIN_LOG
 
     def has_checkpoint(self) -> bool:
         """True when ``model.pt`` or ``best.pt`` exists."""

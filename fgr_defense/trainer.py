@@ -55,7 +55,7 @@ from torchattacks_deform.validation import (
 from .device import resolve_device
 from .distributed import DistContext, all_reduce_sum, init_distributed
 from .regularizers import GradientRegularizer, LossFn, per_example_cross_entropy
-from .run_folder import LOG_FORMAT
+from .run_folder import LOG_FORMAT, RunFolder
 from .trainer_io import (
     ACCUM_KEYS,
     NonFiniteLossError,
@@ -202,6 +202,7 @@ class Trainer(EpochLoopMixin):
         self.seed = int(seed)
         self.progress = progress
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.folder = RunFolder(self.out_dir) if self.out_dir is not None else None  # owns the files
         self.checkpoint_every = checkpoint_every
         self.arch = dict(arch) if arch is not None else None
         self.meta: dict[str, Any] = dict(meta or {})

@@ -102,6 +102,7 @@ class CheckpointMixin:
     scheduler: Any
     ctx: Any
     out_dir: Path | None
+    folder: RunFolder | None  # the out_dir's files (None without out_dir)
     arch: dict[str, Any] | None
     meta: dict[str, Any]
     regularizer: Any
@@ -252,15 +253,15 @@ class CheckpointMixin:
         self._restore(obj, path)
 
     def _write_checkpoint(self) -> None:
-        if self.out_dir is not None and self.is_main:
-            path = RunFolder(self.out_dir).model
+        if self.folder is not None and self.is_main:
+            path = self.folder.model
             self.save(path)
             self._last_checkpoint = {"path": path, "epoch": self.epoch, "global_step": self.global_step}
 
     def _write_log(self) -> None:
-        if self.out_dir is None or not self.is_main:
+        if self.folder is None or not self.is_main:
             return
-        RunFolder(self.out_dir).write_log(self._checkpoint_meta(), self.history)
+        self.folder.write_log(self._checkpoint_meta(), self.history)
 
     # ------------------------------------------------------------------ best.pt
     def _stage_best(self, record: dict[str, Any]) -> bool:
@@ -271,20 +272,20 @@ class CheckpointMixin:
         if self.best is not None and not val_acc > float(self.best["val_acc"]):  # the authors: best < val_acc
             return False
         self.best = {"epoch": self.epoch, "global_step": self.global_step, "val_acc": val_acc}
-        if self.out_dir is not None:
-            self.save(RunFolder(self.out_dir).pending_best)
+        if self.folder is not None:
+            self.save(self.folder.pending_best)
         return True
 
     def _commit_best(self) -> None:
-        if self.out_dir is None or not self.is_main:
+        if self.folder is None or not self.is_main:
             return
-        RunFolder(self.out_dir).commit_best()
+        self.folder.commit_best()
         logger.info("best.pt: epoch %d, val_acc %.4f", self.best["epoch"] if self.best else -1,
                     self.best["val_acc"] if self.best else float("nan"))
 
     def _reconcile_best(self) -> None:
-        if self.out_dir is not None and self.is_main:
-            RunFolder(self.out_dir).reconcile_best(self.best)
+        if self.folder is not None and self.is_main:
+            self.folder.reconcile_best(self.best)
 
 
 def load_weights(model: nn.Module, obj: dict[str, Any], path: str | Path) -> None:

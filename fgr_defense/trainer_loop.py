@@ -46,7 +46,6 @@ from torchattacks_deform.validation import check_number
 
 from .distributed import distributed_loader
 from .naming import derive_seed
-from .run_folder import RunFolder
 from .trainer_io import ACCUM_KEYS, CheckpointMixin, TrainingInterrupted
 
 __all__ = ["EpochLoopMixin", "split_batch"]
@@ -166,7 +165,7 @@ class EpochLoopMixin(CheckpointMixin):
         """Write ``model.pt`` at this step boundary (unless just written) and raise :class:`TrainingInterrupted`."""
         if not checkpoint_written:
             self._write_checkpoint()
-        path = RunFolder(self.out_dir).model if self.out_dir is not None else None
+        path = self.folder.model if self.folder is not None else None
         where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch else \
             f"the end of epoch {self.epoch}"
         logger.info("interrupted at %s (global step %d); checkpoint %s", where, self.global_step, path)

@@ -39,22 +39,19 @@ class BatchOutcome:
 
     Attributes:
         adversarial: ``(b, C, H, W)`` adversarial images.
-        displacement: the flow ``(b, 2, H, W)`` in pixels (flow attacks) or ``adversarial - images``.
+        flow: the flow ``(b, 2, H, W)`` in pixels of a flow attack, None for a pixel-space attack.
+        displacement: ``flow`` (flow attacks) or ``adversarial - images`` (pixel-space attacks).
         fooled: ``(b,)`` bool: the model's prediction on ``adversarial`` is not the label.
         queries: images the attack's model calls classified (flow attacks), else None.
         time_s: seconds of the attack and the check.
     """
 
     adversarial: Tensor
+    flow: Optional[Tensor]
     displacement: Tensor
     fooled: Tensor
     queries: Optional[int]
     time_s: float
-
-    @property
-    def flow(self) -> Optional[Tensor]:
-        """The flow of a flow attack (None for a pixel-space attack)."""
-        return self.displacement if self.queries is not None else None
 
 
 def is_flow_attack(attack: Any) -> bool:
@@ -91,12 +88,13 @@ def attack_batch(classify: Callable[[Tensor], Tensor], attack: Any, images: Tens
         (torch.Size([4, 2, 4, 4]), torch.bool, True, True)
     """
     start = time.perf_counter()
+    flow: Optional[Tensor] = None
     queries: Optional[int] = None
     with seeded(seed, images.device):
         if is_flow_attack(attack):
             before = int(getattr(attack, "query_count", 0))
-            displacement = attack.get_flow(images, labels).to(images.dtype)
-            adversarial = attack.apply_flow(images, displacement)
+            flow = displacement = attack.get_flow(images, labels).to(images.dtype)
+            adversarial = attack.apply_flow(images, flow)
             queries = int(getattr(attack, "query_count", 0)) - before
         else:
             adversarial = attack(images, labels)
@@ -109,7 +107,7 @@ def attack_batch(classify: Callable[[Tensor], Tensor], attack: Any, images: Tens
         logits = classify(adversarial)
     check_logits(logits, images.shape[0], finite=True)
     fooled = logits.argmax(dim=1) != labels
-    return BatchOutcome(adversarial, displacement, fooled, queries, time.perf_counter() - start)
+    return BatchOutcome(adversarial, flow, displacement, fooled, queries, time.perf_counter() - start)
 
 
 @contextlib.contextmanager

@@ -125,18 +125,19 @@ def train_new_or_resume(spec: TrainSpec, out: Path, device: Any, *, resume: bool
     world = ctx.world_size if ctx is not None else 1
     main = ctx is None or ctx.is_main
     schedule = spec.training_schedule()
+    folder = RunFolder(out)
     if schedule.batch_size % world:
         raise ValueError(f"batch_size: the global batch {schedule.batch_size} must be divisible by the "
                          f"{world} processes")
     if main:
         if wipe:
-            RunFolder(out).wipe()
+            folder.wipe()
         out.mkdir(parents=True, exist_ok=True)
     barrier()
     handler: logging.Handler | None = None
     loggers = (logging.getLogger("fgr_defense"), logger)  # the Trainer's records and this run's go to train.log
     if main:
-        handler = logging.FileHandler(RunFolder(out).train_log)
+        handler = logging.FileHandler(folder.train_log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for each in loggers:
             each.addHandler(handler)
@@ -162,14 +163,14 @@ def train_new_or_resume(spec: TrainSpec, out: Path, device: Any, *, resume: bool
                                     num_workers=spec.workers, pin_memory=pin)
         meta = {"dataset": spec.dataset, "model": spec.model, "defense": spec.defense,
                 "defense_config": defense.config, "schedule": schedule.to_dict(), "spec": spec.to_dict(),
-                "identity": spec.identity(), "world_size": world, "trainer": "deform_robust.training.train_from_spec"}
+                "identity": spec.identity(), "world_size": world, "trainer": "deform_robust.train_from_spec"}
         kwargs: dict[str, Any] = dict(
             **defense.trainer_kwargs(), scheduler=scheduler, device=device, grad_clip=spec.grad_clip,
             seed=spec.seed, progress=spec.progress, out_dir=out, checkpoint_every=spec.checkpoint_every,
             arch=arch, meta=meta, keep_best=spec.keep_best,
         )
         if resume:
-            trainer = Trainer.resume(RunFolder(out).model, model, optimizer, **kwargs)
+            trainer = Trainer.resume(folder.model, model, optimizer, **kwargs)
         else:
             trainer = Trainer(model, optimizer, **kwargs)
         if trainer.is_main:
@@ -207,7 +208,7 @@ def train_from_spec(spec: TrainSpec, out_dir: str | Path, *, mode: str = "new") 
 
     Example:
         >>> import tempfile
-        >>> from deform_robust.training import TrainSpec
+        >>> from deform_robust import TrainSpec
         >>> spec = TrainSpec(epochs=1, limit=32, val_limit=32, batch_size=16, device="cpu", progress=False)
         >>> with tempfile.TemporaryDirectory() as out:
         ...     result = train_from_spec(spec, out)

@@ -15,7 +15,7 @@ import torch
 import torchattacks
 
 from deform_robust.cli import main
-from deform_robust.training import default_out_dir
+from deform_robust.training.spec import default_out_dir
 from fgr_defense import FGR, IGR, load_checkpoint, load_model
 from fgr_defense.defenses import (
     DEFENSES,

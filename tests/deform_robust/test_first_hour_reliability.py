@@ -27,13 +27,13 @@ import pytest
 import torch
 from torch import nn
 
+from deform_robust import TrainSpec, train_from_spec
 from deform_robust.cells import Cell, CellStore, plan_cells
 from deform_robust.cli import main as dr_main
 from deform_robust.cli import main as fgr_main
 from deform_robust.config import ConfigError, load_config, parse_config, read_yaml
 from deform_robust.registry import import_object
 from deform_robust.runner import run_config
-from deform_robust.training import TrainSpec, train_from_spec
 from fgr_defense.files import OutputLock, atomic_write_text, remove_stale_temporaries
 from torchattacks_deform import FlowAutoAttack, FlowFGSM, FlowPGD, StAdv, evaluate_robustness
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deform_robust import TrainSpec, train_from_spec
 from deform_robust.cli import build_parser, main
-from deform_robust.training import TrainSpec, train_from_spec
 from deform_robust.training.cli import add_train_arguments, run_train, spec_from_args
 from fgr_defense import Schedule, load_checkpoint
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deform_robust.training import train_from_spec
+from deform_robust import train_from_spec
 from eval.pipeline import instance_spec, train_specs
 from eval.presets import Instance, load_preset
 

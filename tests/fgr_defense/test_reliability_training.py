@@ -472,7 +472,7 @@ def test_slugify(text: str, slug: str) -> None:
 
 
 def test_slugify_errors_and_default_out_dir() -> None:
-    from deform_robust.training import default_out_dir
+    from deform_robust.training.spec import default_out_dir
 
     with pytest.raises(ValueError, match="text: expected a name with at least one letter or digit"):
         slugify("+/.")
