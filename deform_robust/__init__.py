@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .config import EvalConfig, load_config, parse_config
     from .data import TestData, load_test_data
-    from .evaluate import load_model_source
+    from .models import load_model_source
     from .registry import build_attack, resolve_attack
     from .robustbench import load_robustbench_model
     from .runner import run_config
@@ -55,7 +55,7 @@ _LAZY = {
     "parse_config": ".config",
     "TestData": ".data",
     "load_test_data": ".data",
-    "load_model_source": ".evaluate",
+    "load_model_source": ".models",
     "build_attack": ".registry",
     "resolve_attack": ".registry",
     "load_robustbench_model": ".robustbench",

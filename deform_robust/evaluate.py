@@ -1,6 +1,7 @@
 """``deform-robust evaluate``: one model given on the command line, one set of test images.
 
-:func:`load_model_source` turns a model source into a module; :func:`run_model_source` runs
+:func:`deform_robust.models.load_model_source` turns the model source into a module (the
+harness's one loader); :func:`run_model_source` runs
 :func:`torchattacks_deform.evaluate_robustness` at each budget (a :class:`ModelEvaluation`:
 the text table, the JSON record with its provenance, CSV rows and the adversarial images);
 :func:`evaluate_model_source` returns the table and the record.
@@ -10,107 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import nn
 
-from fgr_defense.checkpoint import CHECKPOINT_FORMAT, atomic_save, model_from_checkpoint
+from fgr_defense.checkpoint import atomic_save
 from fgr_defense.device import resolve_device
 from torchattacks_deform import RobustnessReport, evaluate_robustness
 
 from .data import load_test_data
-from .models import import_callable, load_state_dict_file
+from .models import load_entry, source_config, weight_files
 from .provenance import provenance
 from .registry import resolve_attack
 from .results import write_csv
-from .robustbench import ROBUSTBENCH_DATASETS, expected_weight_files, load_robustbench_model
 
 __all__ = ["ADVERSARIAL_FORMAT", "CSV_COLUMNS", "ModelEvaluation", "evaluate_model_source",
-           "load_model_source", "run_model_source", "weights_files", "write_output"]
+           "run_model_source", "write_output"]
 
 #: Format name of the ``adversarial_eps<eps>.pt`` files of ``evaluate --save-adv``.
 ADVERSARIAL_FORMAT = "deform-robust-adversarial/1"
 #: Columns of the ``evaluate --csv`` file: one row per budget and attack, plus clean and worst case.
 CSV_COLUMNS = ["model", "data", "budget", "norm", "attack", "accuracy", "correct", "n", "attacked", "fooled",
                "time_s", "queries_per_example", "per_attack", "seed"]
-
-
-def _our_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The loaded checkpoint dict when ``path`` is one of ours (read once), else None (try TorchScript)."""
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        return None  # a TorchScript archive
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a weights-only pickle: try TorchScript next
-        return None
-    return obj if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
-
-
-def load_model_source(source: str, weights: str | None = None, kwargs: dict[str, Any] | None = None,
-                    model_dir: str = "models", threat_model: str = "Linf", dataset: str | None = None) -> nn.Module:
-    """The model of a command-line source, in eval mode on the CPU.
-
-    Specs: ``robustbench:<name>`` or ``robustbench:<zoo>/<name>`` (``zoo`` ``cifar10`` or
-    ``cifar100``; needed when ``dataset`` is the user's own data of the zoo's image shape;
-    weights under ``model_dir``, never downloaded), a file (a
-    checkpoint of ours, else a TorchScript file), or ``package.module:callable`` called with
-    ``kwargs`` and loaded with the state dict in ``weights``.
-
-    Raises:
-        FileNotFoundError: a missing file. ValueError: an unusable source or file.
-    """
-    if source.startswith("robustbench:"):
-        zoo, _, name = source.split(":", 1)[1].rpartition("/")
-        zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
-        if zoo not in ROBUSTBENCH_DATASETS:
-            raise ValueError(f"--model: expected robustbench:<zoo>/<name> with zoo one of {ROBUSTBENCH_DATASETS} "
-                             f"(e.g. robustbench:cifar10/{name or 'Standard'}) when --data is your own data, got "
-                             f"{source!r} with --data {dataset!r}")
-        return load_robustbench_model(name, zoo, threat_model, model_dir)
-    path = Path(source)
-    if path.is_file():
-        if weights is not None:
-            raise ValueError("--weights: only used with a 'module:callable' model")
-        ckpt = _our_checkpoint(path)
-        if ckpt is not None:
-            return model_from_checkpoint(ckpt, path)[0]
-        try:
-            return torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others for foreign files
-            raise ValueError(f"--model: {source!r} is neither a deform-robust checkpoint nor a TorchScript file "
-                             f"({type(err).__name__}); for a plain state dict use --model module:callable "
-                             "--weights FILE") from None
-    if ":" not in source:
-        raise FileNotFoundError(f"--model: no file at {source!r} (and not 'module:callable' or 'robustbench:<name>')")
-    model = import_callable(source, "--model")(**(kwargs or {}))  # ConfigError is a ValueError
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"--model: {source!r} returned {type(model).__name__}, expected an nn.Module")
-    if weights is not None:
-        try:
-            model.load_state_dict(load_state_dict_file(weights, "--model"))
-        except RuntimeError as err:
-            raise ValueError(f"--weights: {weights!r} does not fit {source}: {err}") from None
-    return model.eval()
-
-
-def weights_files(source: str, weights: str | None = None, model_dir: str = "models", threat_model: str = "Linf",
-                  dataset: str | None = None) -> list[Path]:
-    """The weights or checkpoint file(s) :func:`load_model_source` reads for a source (none for a bare callable).
-
-    Example:
-        >>> [p.name for p in weights_files("mypkg.nets:Net", weights="net.pt")], weights_files("mypkg.nets:Net")
-        (['net.pt'], [])
-    """
-    if source.startswith("robustbench:"):
-        zoo, _, name = source.split(":", 1)[1].rpartition("/")
-        zoo = zoo or (dataset if dataset in ROBUSTBENCH_DATASETS else "")
-        return expected_weight_files(name, zoo, threat_model, model_dir)
-    if Path(source).is_file():
-        return [Path(source)]
-    return [Path(weights)] if weights is not None else []
 
 
 def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> None:
@@ -272,14 +195,15 @@ def run_model_source(*, model: str, data: str, budgets: Sequence[float], weights
         (['clean', 'FlowFGSM', 'worst case'], 'deform-robust')
     """
     test = load_test_data(data, data_root, n)
-    net = load_model_source(model, weights, kwargs, model_dir, threat_model, dataset=data)
+    source = source_config(model, weights, kwargs, model_dir, threat_model, dataset=data)
+    net = load_entry(source)[0]
     dev = resolve_device(device)
     net = net.to(dev)
     reports = [evaluate_robustness(net, test.images, test.labels, eps=eps, attacks=_attacks(attacks, net, eps),
                                    cascade=cascade, batch_size=batch_size, device=dev, progress=progress, seed=seed)
                for eps in budgets]
     return ModelEvaluation(model=model, source=test.source, attacks=attacks, cascade=cascade, seed=seed,
-                          reports=reports, weights=weights_files(model, weights, model_dir, threat_model, data))
+                          reports=reports, weights=weight_files(source))
 
 
 def evaluate_model_source(**kwargs: Any) -> tuple[str, dict[str, Any]]:

@@ -37,10 +37,16 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .stats import frontier_gain, interpolate, match_instances, seed_stats, verdict
 
-__all__ = ["RULES", "WORST", "analyze", "attack_strength", "coverage", "metrics_of", "robust_of"]
+__all__ = ["ACC_RESOLUTION", "RULES", "WORST", "analyze", "attack_strength", "coverage", "meets_coverage",
+           "metrics_of", "robust_of"]
 
 #: The metric name of the worst case over the suite.
 WORST = "worst case"
+
+#: Clean accuracies are ``count / n`` fractions that arrive through float32 (96.3% reads 0.9629999995), so a
+#: difference of exactly 2 points can read 0.0200000003: requirements are compared at this resolution
+#: (far below ``1 / n`` for any test split).
+ACC_RESOLUTION = 1e-6
 
 #: Frontier rules: the registered endpoint first, then the secondary views.
 RULES = ("step", "pareto-linear", "step-pareto-range", "interpolate")
@@ -126,6 +132,22 @@ def coverage(pool: Sequence[dict[str, Any]], family: str, zero: Optional[str]) -
             "drop": (top - accs[0]) if accs and top is not None else None,
             "max_gap": max(gaps) if gaps else None,
             "instances": sum(m["defense"] == family for m in pool)}
+
+
+def meets_coverage(c: Mapping[str, Any], min_drop: float, max_gap: float) -> bool:
+    """Whether a :func:`coverage` row reaches ``min_drop`` with no gap over ``max_gap`` (fractions).
+
+    Differences are compared at :data:`ACC_RESOLUTION`, so a gap of exactly ``max_gap`` meets it.
+
+    Example:
+        >>> meets_coverage({"drop": 0.064, "max_gap": 0.952 - 0.932}, 0.06, 0.02)
+        True
+        >>> meets_coverage({"drop": 0.064, "max_gap": 0.021}, 0.06, 0.02)
+        False
+    """
+    if c.get("drop") is None:
+        return False
+    return bool(c["drop"] >= min_drop - ACC_RESOLUTION and (c.get("max_gap") or 0.0) <= max_gap + ACC_RESOLUTION)
 
 
 def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:

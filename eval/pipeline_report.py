@@ -10,7 +10,7 @@ from deform_robust.results import CSV_FIELDS, WORST_FIELDS, write_csv
 from fgr_defense.constants import REFERENCE_DEFENSE
 from fgr_defense.files import atomic_write_text
 
-from .analysis import WORST, analyze
+from .analysis import WORST, analyze, meets_coverage
 from .report import md_table, pct, render_report
 
 __all__ = ["RESULTS_FORMAT", "format_summary", "read_pipeline_results", "reanalyze", "render_pipeline_report",
@@ -115,7 +115,7 @@ def _coverage_section(res: dict[str, Any]) -> list[str]:
     for c in cov:
         ok = ""
         if min_drop is not None and max_gap is not None and c["drop"] is not None:
-            ok = "yes" if c["drop"] >= min_drop - 1e-9 and (c["max_gap"] or 0) <= max_gap + 1e-9 else "**no**"
+            ok = "yes" if meets_coverage(c, min_drop, max_gap) else "**no**"
         rows.append([c["family"], str(c["seed"]), str(c["instances"]), pct(c["top"]) if c["top"] is not None else "",
                      pct(c["lowest"]) if c["lowest"] is not None else "",
                      f"{100 * c['drop']:.1f}" if c["drop"] is not None else "",

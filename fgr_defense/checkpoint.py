@@ -28,12 +28,17 @@ from torch import nn
 from .files import atomic_write
 from .models import build_model
 
-__all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "load_model", "model_from_checkpoint",
+__all__ = ["ARCH_KEYS", "CHECKPOINT_FORMAT", "NotACheckpointError", "atomic_save", "load_checkpoint", "load_model", "model_from_checkpoint",
            "save_model"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "deform-robust/1"
+
+
+class NotACheckpointError(ValueError):
+    """A readable ``torch.save`` file that is not a deform-robust checkpoint (a plain state dict, say)."""
+
 #: The keys of ``arch`` (the arguments of :func:`~fgr_defense.models.build_model`).
 ARCH_KEYS = ("name", "in_channels", "num_classes", "size")
 
@@ -118,7 +123,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _checked(obj: Any, path: Path) -> dict[str, Any]:
     """``obj`` (a loaded ``path``) if it is a deform-robust checkpoint with weights; else ValueError."""
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise NotACheckpointError(
             f"checkpoint: {str(path)!r} is not a deform-robust checkpoint "
             f"(expected format {CHECKPOINT_FORMAT!r})"
         )

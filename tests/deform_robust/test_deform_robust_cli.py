@@ -17,7 +17,7 @@ from torch import nn
 
 from deform_robust.cli import build_parser, main
 from deform_robust.data import load_test_data
-from deform_robust.evaluate import load_model_source
+from deform_robust.models import load_entry, load_model_source, source_config, weight_files
 from fgr_defense.checkpoint import save_model
 from torchattacks_deform import evaluate_robustness
 
@@ -117,6 +117,19 @@ class TestEvaluate:
         with torch.no_grad():
             assert torch.allclose(model(x), trained_model(x), atol=1e-5)
 
+    @pytest.mark.parametrize("kind", ["ours", "weights", "ts"])
+    def test_command_line_and_config_share_one_loader(self, kind: str, user_files: dict[str, Path]) -> None:
+        """``--model SOURCE`` becomes a config entry that the harness's loader builds (sources detected by content)."""
+        source, weights = {"ours": (str(user_files["ours"]), None), "ts": (str(user_files["ts"]), None),
+                           "weights": ("fgr_defense.models:SmallCNN", str(user_files["weights"]))}[kind]
+        cfg = source_config(source, weights=weights, kwargs={"width": 16} if kind == "weights" else None)
+        assert cfg.source == {"ours": "checkpoint", "ts": "torchscript", "weights": "callable"}[kind]
+        assert weight_files(cfg) == [Path(weights or source)]
+        model, _ = load_entry(cfg)
+        x = torch.rand(2, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(model(x), load_model_source(source, weights, cfg.kwargs)(x))
+
     def test_npz_uint8_and_image_folder(self, user_files: dict[str, Path], tmp_path: Path) -> None:
         a, b = load_test_data(str(user_files["npz"])), load_test_data(str(user_files["pt"]))
         assert torch.allclose(a.images, b.images, atol=1 / 255) and torch.equal(a.labels, b.labels)
@@ -133,6 +146,10 @@ class TestEvaluate:
     @pytest.mark.parametrize(
         ("args", "words"),
         [(["--model", "nope.pt"], "no file at 'nope.pt'"),
+         (["--model", "WEIGHTS"], "--model: 'WEIGHTS' is neither a deform-robust checkpoint nor a TorchScript file; "
+                                  "for a plain state dict use --model module:callable --weights FILE"),
+         (["--model", "fgr_defense.models:SmallCNN", "--weights", "TS"], "--weights: 'TS' is not a readable state dict"),
+         (["--model", "TS", "--weights", "WEIGHTS"], "--weights: only used with a 'module:callable' model"),
          (["--model", "fgr_defense.models:Nope"], "has no attribute 'Nope'"),
          (["--eps", "inf"], "--eps: expected a finite number in (0, 10000]"),
          (["--eps", "0"], "--eps: expected a finite number in (0, 10000]"),
@@ -144,7 +161,8 @@ class TestEvaluate:
                                                capsys: pytest.CaptureFixture[str]) -> None:
         base = {"--model": str(user_files["ours"]), "--data": str(user_files["pt"])}
         for k, v in zip(args[::2], args[1::2]):
-            base[k] = v
+            base[k] = v.replace("WEIGHTS", str(user_files["weights"])).replace("TS", str(user_files["ts"]))
+        words = words.replace("WEIGHTS", str(user_files["weights"])).replace("TS", str(user_files["ts"]))
         argv = ["evaluate", "--no-progress", *[t for kv in base.items() for t in kv]]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

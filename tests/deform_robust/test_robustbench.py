@@ -153,6 +153,6 @@ def test_robustbench_model_on_the_users_own_data(tmp_path: Path, zoo_dir: Path, 
     rec = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert rec["n"] == 4
     with pytest.raises(ValueError, match=r"robustbench:<zoo>/<name>.*robustbench:cifar10/Wong2020Fast"):
-        from deform_robust.evaluate import load_model_source
+        from deform_robust.models import load_model_source
 
         load_model_source(f"robustbench:{NAME}", model_dir=str(zoo_dir), dataset=str(data))

@@ -13,9 +13,10 @@ import random
 import statistics
 from typing import Any
 
+import numpy as np
 import pytest
 
-from eval.analysis import analyze, coverage
+from eval.analysis import analyze, coverage, meets_coverage
 from eval.stats import frontier_at, frontier_gain, pareto_points, seed_stats, shared_range, verdict
 
 Point = tuple[float, float]
@@ -176,6 +177,17 @@ class TestAnalyze:
         c = coverage(pool, "FGR", "Standard")
         assert c["drop"] == pytest.approx(0.065) and c["max_gap"] == pytest.approx(0.04) and c["instances"] == 3
         assert math.isclose(c["top"], 0.965)
+
+    def test_coverage_requirement_reads_accuracies_at_their_resolution(self) -> None:
+        """The committed mnist5k seed-2 IGR row: 95.2 -> 93.2% (float32) is a gap of exactly 2 points, which meets
+        "no gap over 2"; 2.1 points does not, nor does a drop short of 6."""
+        f32 = [float(np.float32(k / 1000)) for k in (961, 952, 932, 912, 900)]
+        pool = [{"defense": "Standard", "clean_acc": f32[0]}] + [{"defense": "IGR", "clean_acc": c} for c in f32[1:]]
+        c = coverage(pool, "IGR", "Standard")
+        assert c["max_gap"] > 0.02  # what the float32 values say
+        assert meets_coverage(c, 0.06, 0.02)
+        assert not meets_coverage({**c, "max_gap": 0.021}, 0.06, 0.02)
+        assert not meets_coverage({**c, "drop": 0.059}, 0.06, 0.02)
 
 
 def test_a_family_missing_from_a_seed_is_undefined_there() -> None:
