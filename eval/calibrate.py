@@ -25,7 +25,7 @@ A preset's ``calibration`` section::
       seed: [100, 101]            # one seed or a list; none of training.seeds
       targets: [0.5, 1.25, 2, 3]  # drops below Standard, in points
       max_step: 1.5               # points: a wider expected step gets a weight in between
-      max_weights: 9              # optional: at most this many per family
+      max_weights: 9              # optional: at most this many per family (or {family: n, ...})
       scan: {IGR: [0.5, 2, 8], FGR: [5, 15, 50]}
 
 Convention:
@@ -86,7 +86,23 @@ def calibration_plan(p: Preset, seed: int | Sequence[int] | None = None
                 not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 for w in weights):
             raise PresetError(f"{p.source}: calibration.scan.{family}: expected positive weights, got {weights!r}")
         insts += [Instance(resolve_defense_name(str(family)), weight=float(w)) for w in sorted(weights)]
+    for family in cal["scan"]:
+        cap = weight_cap(cal, str(family))
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 2):
+            raise PresetError(f"{p.source}: calibration.max_weights: expected an integer >= 2 or a mapping "
+                              f"{{family: integer >= 2}}, got {cal.get('max_weights')!r}")
     return seeds, insts, cal
+
+
+def weight_cap(cal: Mapping[str, Any], family: str) -> Any:
+    """A family's ``max_weights``: the one number of the section, or the family's entry of a mapping (None: no cap).
+
+    Example:
+        >>> weight_cap({"max_weights": {"FGR": 13}}, "FGR"), weight_cap({"max_weights": 11}, "IGR")
+        (13, 11)
+    """
+    cap = cal.get("max_weights")
+    return cap.get(family) if isinstance(cap, dict) else cap
 
 
 def pooled_scan(rows: Sequence[Mapping[str, Any]], family: str) -> tuple[list[tuple[float, float]], float]:
@@ -239,7 +255,7 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
     bar.close()
     targets = [float(t) for t in cal["targets"]]
     max_step = cal.get("max_step")
-    max_weights = cal.get("max_weights")
+    max_weights = cal.get("max_weights")  # recorded as given (a number, or a mapping per family)
     grids: dict[str, list[float]] = {}
     reach: dict[str, float] = {}
     pooled: dict[str, list[list[float]]] = {}
@@ -247,7 +263,7 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
     for family in cal["scan"]:
         scan, zero = pooled_scan(rows, resolve_defense_name(str(family)))
         pooled[family] = [[w, c] for w, c in scan]
-        grids[family] = choose_weights(scan, zero, targets, max_step, max_weights)
+        grids[family] = choose_weights(scan, zero, targets, max_step, weight_cap(cal, str(family)))
         reach[family] = 100.0 * (zero - min(c for _, c in scan))
     result = {"preset": p.name, "source": p.source, "seed": seeds[0] if len(seeds) == 1 else seeds,
               "seeds": seeds, "targets": targets, "max_step": max_step, "max_weights": max_weights,

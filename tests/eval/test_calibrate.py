@@ -71,3 +71,17 @@ def test_several_calibration_seeds_are_pooled_relative_to_each_seeds_standard() 
     with pytest.raises(PresetError, match="--seed: expected a calibration seed that the main run does not use"):
         calibration_plan(p, [100, 0])
     assert calibration_plan(load_preset("mnist5k"))[0] == [100, 101]
+
+
+def test_max_weights_may_differ_per_family() -> None:
+    """``max_weights: {family: n}`` caps each family on its own; a bad cap is one line naming the key."""
+    from eval.calibrate import weight_cap
+
+    p = load_preset("tiny")
+    cal = {**p.raw["calibration"], "max_weights": {"FGR": 3}}
+    assert weight_cap(cal, "FGR") == 3 and weight_cap(cal, "IGR") is None
+    calibration_plan(dataclasses.replace(p, raw={**p.raw, "calibration": cal}))
+    for bad in (1, {"FGR": 1.5}, True):
+        broken = dataclasses.replace(p, raw={**p.raw, "calibration": {**cal, "max_weights": bad}})
+        with pytest.raises(PresetError, match="calibration.max_weights: expected an integer >= 2"):
+            calibration_plan(broken)
