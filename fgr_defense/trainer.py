@@ -15,6 +15,12 @@ classifier with any optimizer on any ``DataLoader`` of ``(images, labels)`` batc
   With a regularizer too (FGR+RS+AT-PGD) the regularizer is applied to the adversarial batch:
   ``L(x_adv) + weight * R(x_adv)``.
 
+The Trainer holds three parts: a :class:`~fgr_defense.trainer_step.TrainStep` (one optimizer
+step and the evaluation pass), a :class:`~fgr_defense.trainer_io.TrainState` (counters, history,
+best epoch) and a :class:`~fgr_defense.trainer_io.Checkpointer` (its files through one
+:class:`~fgr_defense.run_folder.RunFolder`); :meth:`Trainer.fit` runs the epoch loop of
+:mod:`fgr_defense.trainer_loop` over them.
+
 Convention:
     - **Files** (``out_dir``): ``model.pt`` (weights + trainer state, every epoch and every
       ``checkpoint_every`` steps, never with NaN/inf weights), ``log.json`` (one record per
@@ -32,7 +38,6 @@ Convention:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
@@ -41,27 +46,25 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
-from torchattacks_deform.modes import preserve_modes
-from torchattacks_deform.validation import (
-    check_bool,
-    check_choice,
-    check_labels,
-    check_logits,
-    check_number,
-)
+from torchattacks_deform.validation import check_bool, check_number
 
+from .checkpoint import load_checkpoint
 from .device import resolve_device
-from .distributed import DistContext, all_reduce_sum, init_distributed
-from .regularizers import GradientRegularizer, LossFn, per_example_cross_entropy
+from .distributed import DistContext, distributed_loader, init_distributed
+from .regularizers import LossFn, per_example_cross_entropy
 from .run_folder import LOG_FORMAT, RunFolder
 from .trainer_io import (
-    ACCUM_KEYS,
+    Checkpointer,
     NonFiniteLossError,
     TrainingInterrupted,
+    TrainState,
+    check_trainer_state,
+    load_weights,
 )
-from .trainer_loop import EpochLoopMixin, split_batch
+from .trainer_loop import StopRequest, epoch_record, interrupted, run_epoch
+from .trainer_step import TrainStep
 
 __all__ = ["LOG_FORMAT", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
@@ -72,7 +75,17 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-class Trainer(EpochLoopMixin):
+def _step_part(name: str) -> property:
+    """A Trainer attribute that is its step's (one object holds it)."""
+    return property(lambda self: getattr(self.step, name), lambda self, value: setattr(self.step, name, value),
+                    doc=f"The step's ``{name}`` (:class:`~fgr_defense.trainer_step.TrainStep`).")
+
+
+def _state_part(name: str) -> property:
+    return property(lambda self: getattr(self.state, name), doc=f"``state.{name}`` (read-only).")
+
+
+class Trainer:
     """Train a classifier with an optional gradient regularizer and/or adversary.
 
     Args:
@@ -152,22 +165,11 @@ class Trainer(EpochLoopMixin):
         split_backward: bool = True,
         keep_best: bool = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if regularizer is not None and not callable(regularizer):
-            raise TypeError(f"regularizer: expected a regularizer object or callable, got {type(regularizer).__name__}")
-        if adversary is not None and not callable(adversary):
-            raise TypeError(f"adversary: expected an attack (callable (x, y) -> x_adv), got {type(adversary).__name__}")
-        check_number(grad_clip, "grad_clip", minimum=0, exclusive_minimum=True, allow_none=True)
+        TrainStep.check_arguments(model, optimizer, regularizer, adversary, grad_clip, scheduler_interval,
+                                  autocast_dtype, channels_last)
         check_number(checkpoint_every, "checkpoint_every", integer=True, minimum=1, allow_none=True)
-        check_choice(scheduler_interval, "scheduler_interval", ("epoch", "step"))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-        if autocast_dtype not in (None, torch.bfloat16):
-            raise ValueError(f"autocast_dtype: expected None or torch.bfloat16, got {autocast_dtype!r}")
-        check_bool(channels_last, "channels_last")
         check_bool(keep_best, "keep_best")
         if keep_best and out_dir is None:
             raise ValueError("keep_best: True writes out_dir/best.pt, but out_dir is None; pass out_dir")
@@ -175,91 +177,44 @@ class Trainer(EpochLoopMixin):
             warnings.warn("checkpoint_every is set but out_dir is None: no checkpoints will be written",
                           stacklevel=2)
 
-        self.ctx: DistContext | None = init_distributed() if distributed is not False else None
-        self.device = self.ctx.device if self.ctx is not None else resolve_device(device)
-        self.autocast_dtype = autocast_dtype
-        self.channels_last = channels_last
-        self.split_backward = bool(split_backward)
-        self.module = model.to(self.device)
-        if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.model: nn.Module = self.module
-        if self.ctx is not None:
-            ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
-        self.optimizer = optimizer
-        self.regularizer = regularizer
-        self.adversary = adversary
-        if adversary is not None and hasattr(adversary, "device") and hasattr(adversary, "model"):
-            adversary.device = self.device  # torchattacks fixes its device at construction
-        self.scheduler = scheduler
-        self.scheduler_interval = scheduler_interval
-        self.loss_fn: LossFn = loss_fn or per_example_cross_entropy
-        self.grad_clip = float(grad_clip) if grad_clip is not None else None
+        ctx: DistContext | None = init_distributed() if distributed is not False else None
+        dev = ctx.device if ctx is not None else resolve_device(device)
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
             logger.info("no seed given; using seed %d", seed)
-        self.seed = int(seed)
-        self.progress = progress
+        self.ctx = ctx
+        self.state = TrainState(seed=int(seed))
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.folder = RunFolder(self.out_dir) if self.out_dir is not None else None  # owns the files
+        self.folder = RunFolder(self.out_dir) if self.out_dir is not None else None  # owns the file names
+        self.files = Checkpointer(self.folder, self._snapshot, is_main=ctx is None or ctx.is_main)
+        self.step = TrainStep(model, optimizer, regularizer=regularizer, adversary=adversary,
+                              scheduler=scheduler, scheduler_interval=scheduler_interval,
+                              loss_fn=loss_fn or per_example_cross_entropy,
+                              grad_clip=float(grad_clip) if grad_clip is not None else None,
+                              autocast_dtype=autocast_dtype, channels_last=channels_last,
+                              split_backward=bool(split_backward), device=dev, ctx=ctx,
+                              where=self.state.where, kept=self.files.kept_message)
+        self.progress = progress
         self.checkpoint_every = checkpoint_every
         self.arch = dict(arch) if arch is not None else None
         self.meta: dict[str, Any] = dict(meta or {})
         self.keep_best = keep_best
-        self.best: dict[str, Any] | None = None
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.history: list[dict[str, Any]] = []
-        self._accum = dict.fromkeys(ACCUM_KEYS, 0.0)
         self._target_epochs: int | None = None
-        self._last_stats: Tensor | None = None
-        self._last_checkpoint: dict[str, Any] | None = None
-        self._num_classes: int | None = None
-        self._dtype_noted = False  # the conversion of batches to the model's dtype is logged once
-        self._batchnorm = _has_batchnorm(self.module)
-        if self.ctx is not None and self.ctx.is_main:
-            logger.info("distributed training on %d processes", self.ctx.world_size)
+        self._stop_request: StopRequest | None = None
+        self._batchnorm = _has_batchnorm(self.step.module)
+        if ctx is not None and ctx.is_main:
+            logger.info("distributed training on %d processes", ctx.world_size)
 
-    # ------------------------------------------------------------------ one step
-    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        check_logits(logits, y.shape[0])
-        if logits.shape[1] != self._num_classes:  # the first logits: check the labels' range once here
-            check_labels(y, y.shape[0], num_classes=logits.shape[1])
-            self._num_classes = int(logits.shape[1])
-        losses = self.loss_fn(logits, y)
-        if not isinstance(losses, Tensor) or losses.shape != (y.shape[0],):
-            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ValueError(f"loss_fn: expected per-example losses of shape ({y.shape[0]},), got {got} "
-                             "(use reduction='none')")
-        return losses
+    # One holder each: the step's parts (``model``: the module or its DDP wrapper) and the run's state.
+    module, model, optimizer, scheduler, regularizer, adversary, device, grad_clip = map(_step_part, (
+        "module", "model", "optimizer", "scheduler", "regularizer", "adversary", "device", "grad_clip"))
+    epoch, step_in_epoch, global_step, history, best, seed = map(_state_part, (
+        "epoch", "step_in_epoch", "global_step", "history", "best", "seed"))
 
-    def _to_device(self, x: Any, y: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0:
-            raise TypeError(f"x: expected a floating-point tensor batch, got "
-                            f"{type(x).__name__}{' of dtype ' + str(x.dtype) if isinstance(x, Tensor) else ''}")
-        # Before the transfer (no device sync for CPU labels); the class range once it is known.
-        check_labels(y, x.shape[0], num_classes=self._num_classes)
-        dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), x.dtype)
-        if x.dtype != dtype and not self._dtype_noted:  # e.g. float64 numpy images, float32 model
-            logger.info("x: converting %s batches to the model's %s", x.dtype, dtype)
-            self._dtype_noted = True
-        return x.to(self.device, dtype, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def _attack(self, x: Tensor, y: Tensor) -> Tensor:
-        assert self.adversary is not None
-        with preserve_modes(self.model):  # each module's own mode comes back
-            self.model.eval()  # batch norm / dropout in inference mode while crafting the attack
-            if self._num_classes is None:  # check the labels before the attack uses them
-                with torch.no_grad():
-                    self._loss(self.module(x), y)
-            with torch.enable_grad():
-                x_adv = self.adversary(x, y)
-        if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
-            got = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
-            raise ValueError(f"adversary: expected adversarial images of shape {tuple(x.shape)}, got {got}")
-        return x_adv.detach().to(self.device)
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (or without distributed training)."""
+        return self.ctx is None or self.ctx.is_main
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One optimizer step on a batch; returns detached ``loss``, ``task_loss``, ``reg_loss``, ``output``.
@@ -275,95 +230,9 @@ class Trainer(EpochLoopMixin):
             NonFiniteLossError: the loss or the gradient is NaN/inf (the step is skipped,
                 the gradients cleared).
         """
-        x, y = self._to_device(x, y)
-        self.model.train()
-        inputs = self._attack(x, y) if self.adversary is not None else x
-        self.optimizer.zero_grad(set_to_none=True)  # also drops anything an attack accumulated
-        reg = self.regularizer
-        output: Tensor | None = None
-        task: Tensor | None = None
-        done = False  # every gradient is already accumulated (split_backward)
-        if self.channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            if reg is None:
-                reg_loss: Tensor | None = None
-            elif hasattr(reg, "compute") and getattr(reg, "computes_task_loss", False):
-                split = {"backward": self._early_backward} if (
-                    self.split_backward and self.ctx is None and isinstance(reg, GradientRegularizer)) else {}
-                res = reg.compute(self.model, inputs, y, self._loss, **split)
-                reg_loss, task, output = res.penalty, res.task_loss, res.output
-                done = bool(getattr(res, "backpropagated", False))
-            else:
-                reg_loss = reg(self.model, inputs, y)
-            if task is None or output is None:
-                output = self.model(inputs)
-                task = self._loss(output, y).mean()
-        if self.autocast_dtype is not None:  # report and step in float32, whatever autocast chose
-            output, task = output.float(), task.float()
-            if reg_loss is not None:
-                reg_loss = reg_loss.float()
-        if reg_loss is None:
-            reg_loss = task.new_zeros(())
-        if not isinstance(reg_loss, Tensor) or reg_loss.numel() != 1:
-            got = tuple(reg_loss.shape) if isinstance(reg_loss, Tensor) else type(reg_loss).__name__
-            raise ValueError(f"regularizer: expected a scalar penalty tensor, got {got}")
-        reg_loss = reg_loss.reshape(())
-        loss = task + reg_loss
-        self._check_finite(loss, task, reg_loss, output, y)
-        if not done:
-            loss.backward()
-        self._check_gradients(loss)
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        self.global_step += 1
-        return {"loss": loss.detach(), "task_loss": task.detach(), "reg_loss": reg_loss.detach(),
-                "output": output.detach()}
-
-    def _early_backward(self, term: Tensor) -> None:
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            term.float().backward()
-
-    def _autocast(self) -> Any:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    def _stop(self, what: str, detail: str, advice: str) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        msg = (f"{what} at {self._where()} ({detail}). The optimizer step was skipped, the gradients "
-               f"cleared and training stopped; {self._kept_message()}. {advice}")
-        logger.error(msg)
-        raise NonFiniteLossError(msg)
-
-    def _check_finite(self, loss: Tensor, task: Tensor, reg: Tensor, output: Tensor, y: Tensor) -> None:
-        n = float(y.shape[0])
-        correct = (output.detach().argmax(dim=1) == y).sum().to(loss.dtype)
-        stats = torch.stack([loss.detach() * n, task.detach() * n, reg.detach() * n, correct,
-                             loss.new_tensor(n)])
-        stats = all_reduce_sum(stats)  # global sums; NaN on any rank is NaN on all ranks
-        self._last_stats = stats
-        if not bool(torch.isfinite(stats[0])):
-            self._stop("loss is not finite",
-                       f"task_loss={float(task.detach()):.4g}, reg_loss={float(reg.detach()):.4g}",
-                       "Lower the learning rate or the regularizer weight, or set grad_clip.")
-
-    def _check_gradients(self, loss: Tensor) -> None:
-        """Refuse a step whose gradient is NaN/inf although the loss is finite (DDP: same on all ranks)."""
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            self._stop("the gradient is not finite although the loss is",
-                       f"loss={float(loss.detach()):.4g}",
-                       "Look for operations without a finite derivative in the model or loss (sqrt or "
-                       "log at 0, division by 0), or lower the learning rate or regularizer weight.")
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def _eval_forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
+        out = self.step(x, y)
+        self.state.global_step += 1
+        return out
 
     def evaluate(self, loader: Any, attack: Callable[..., Tensor] | None = None) -> dict[str, float]:
         """Mean loss and accuracy over a loader (model in eval mode; mode restored afterwards).
@@ -378,20 +247,151 @@ class Trainer(EpochLoopMixin):
         Raises:
             ValueError: an empty loader, or ``labels`` that are not class indices of the model.
         """
-        loss_sum, correct, count = 0.0, 0, 0
-        with preserve_modes(self.module):  # each module's own mode comes back
-            self.module.eval()
-            for batch in loader:
-                x, y = self._to_device(*split_batch(batch))
-                if attack is not None:
-                    if self._num_classes is None:
-                        self._loss(self._eval_forward(x), y)
-                    with torch.enable_grad():
-                        x = attack(x, y).detach()
-                out = self._eval_forward(x)
-                loss_sum += float(self._loss(out, y).sum())
-                correct += int((out.argmax(dim=1) == y).sum())
-                count += int(y.shape[0])
-        if count == 0:
-            raise ValueError("loader: expected at least one batch to evaluate, got an empty loader")
-        return {"loss": loss_sum / count, "acc": correct / count, "n": count}
+        return self.step.evaluate(loader, attack)
+
+    def fit(self, train_loader: Any, epochs: int, val_loader: Any | None = None) -> list[dict[str, Any]]:
+        """Train until ``epochs`` epochs are complete in total; returns the history.
+
+        Continues a resumed run where it stopped (skipping the batches already done).
+        Writes ``out_dir/log.json`` at the start (from the history, repairing a log that a
+        kill left behind) and ``model.pt`` + ``log.json`` after every epoch (``model.pt``
+        also every ``checkpoint_every`` steps; ``best.pt`` with ``keep_best``).
+
+        Raises:
+            NonFiniteLossError: NaN/inf loss, gradient or weights (the message says where
+                the last good checkpoint is, or that none was written).
+            TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``; ``model.pt`` is written after
+                the running step, see :mod:`fgr_defense.trainer_loop`).
+            ValueError: ``epochs`` is not a non-negative int, the loader changed length,
+                or ``keep_best`` without ``val_loader``.
+        """
+        check_number(epochs, "epochs", integer=True, minimum=0)
+        if self.keep_best and val_loader is None:
+            raise ValueError("val_loader: keep_best=True selects best.pt by validation accuracy; pass a "
+                             "val_loader (or keep_best=False)")
+        self._target_epochs = epochs
+        if self.ctx is not None:
+            if isinstance(train_loader, DataLoader):
+                train_loader = distributed_loader(train_loader, self.ctx, seed=self.state.seed)
+            else:
+                warnings.warn("train_loader is not a torch DataLoader: it is not sharded, every process "
+                              "trains on all of its batches", stacklevel=2)
+        self.files.reconcile_best(self.state.best)
+        self._write_log()  # the checkpoint's history is the truth (a kill may have left the log behind)
+        if self.state.epoch >= epochs:
+            logger.info("already trained %d of %d epochs; nothing to do", self.state.epoch, epochs)
+            return self.history
+        rank = self.ctx.rank if self.ctx is not None else 0
+        with StopRequest(self.out_dir is not None and self.ctx is None) as stop:
+            self._stop_request = stop
+            try:
+                for epoch in range(self.state.epoch, epochs):
+                    run_epoch(train_loader, epoch, epochs, self.state, step=self._step_sums,
+                              after_step=self._after_step, rank=rank, batchnorm=self._batchnorm,
+                              progress=self.progress, is_main=self.is_main)
+                    record = self._finish_epoch(epoch, val_loader)
+                    if self.is_main:
+                        logger.info("epoch %d/%d: %s", epoch + 1, epochs,
+                                    ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in record.items() if k != "epoch"))
+                    if stop.requested and epoch + 1 < epochs:
+                        self._stop_interrupted(checkpoint_written=True)
+            finally:
+                self._stop_request = None
+        return self.history
+
+    def _step_sums(self, x: Tensor, y: Tensor) -> Tensor:
+        self.train_step(x, y)
+        assert self.step.last_stats is not None
+        return self.step.last_stats
+
+    def _after_step(self, trained: bool) -> None:
+        every = self.checkpoint_every
+        if trained and every is not None and self.state.global_step % every == 0:
+            self.files.write_model()
+        if self._stop_request is not None and self._stop_request.requested:
+            self._stop_interrupted()
+
+    def _stop_interrupted(self, checkpoint_written: bool = False) -> None:
+        """Write ``model.pt`` at this step boundary (unless just written) and raise :class:`TrainingInterrupted`."""
+        if not checkpoint_written:
+            self.files.write_model()
+        raise interrupted(self.state, self.folder.model if self.folder is not None else None)
+
+    def _finish_epoch(self, epoch: int, val_loader: Any | None) -> dict[str, Any]:
+        record = epoch_record(self.state, epoch, self.optimizer.param_groups[0]["lr"])
+        if self.scheduler is not None and self.step.scheduler_interval == "epoch":
+            self.scheduler.step()
+        if val_loader is not None:
+            val = self.evaluate(val_loader)
+            record.update({"val_loss": val["loss"], "val_acc": val["acc"]})
+        self.state.end_epoch(record)
+        staged = self.keep_best and self.state.record_best(record)
+        if staged:  # best.pt: the pending weights, then model.pt, then the commit
+            self.files.stage_best()
+        self.files.write_model()
+        if staged:
+            self.files.commit_best(self.state.best)
+        self._write_log()
+        return record
+
+    # ------------------------------------------------------------------ state and files
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (weights_only-loadable): optimizer, scheduler, counters, history."""
+        return self.state.to_dict(self.optimizer, self.scheduler, self.ctx.world_size if self.ctx else 1)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the weights are restored by :meth:`load`)."""
+        self.state.load_dict(state, self.optimizer, self.scheduler, self.ctx.world_size if self.ctx else 1)
+
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        return self.state.meta(self.meta, self._target_epochs, self.regularizer, self.adversary, self.keep_best)
+
+    def _snapshot(self) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+        return self.module, self.arch, self._checkpoint_meta(), self.state_dict()
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint (weights + trainer state) atomically to ``path`` (rank 0 only).
+
+        Raises:
+            NonFiniteLossError: a weight or buffer is NaN/inf (nothing is written).
+        """
+        self.files.save(path)
+
+    @classmethod
+    def resume(cls, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Trainer:
+        """A Trainer restored from a checkpoint: ``Trainer.resume(path, model, optimizer, **same_kwargs)``.
+
+        ``model`` and ``optimizer`` must be built as for the original run (weights and
+        optimizer state are loaded into them); pass the same scheduler, regularizer and
+        adversary. Then call :meth:`fit` with the same loaders and total ``epochs``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: an unreadable checkpoint, one without trainer state, or weights that
+                do not fit ``model`` (the message names the problem).
+        """
+        obj = load_checkpoint(path, map_location="cpu")
+        check_trainer_state(obj.get("trainer"), path)
+        load_weights(model, obj, path)  # before a DDP wrapper broadcasts rank 0's weights
+        trainer = cls(model, optimizer, **kwargs)
+        trainer._restore(obj, path)
+        return trainer
+
+    def load(self, path: str | Path) -> None:
+        """Load weights and trainer state from a checkpoint written by :meth:`save`."""
+        obj = load_checkpoint(path, map_location="cpu")
+        check_trainer_state(obj.get("trainer"), path)
+        load_weights(self.module, obj, path)
+        self._restore(obj, path)
+
+    def _restore(self, obj: dict[str, Any], path: str | Path) -> None:
+        self.load_state_dict(obj["trainer"])
+        self.files.remember(path, obj["trainer"])
+        if self.is_main:
+            s = self.state
+            logger.info("resumed from %s: epoch %d, step %d in epoch, global step %d",
+                        path, s.epoch, s.step_in_epoch, s.global_step)
+
+    def _write_log(self) -> None:
+        self.files.write_log(self._checkpoint_meta(), self.state.history)

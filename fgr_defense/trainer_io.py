@@ -1,6 +1,9 @@
 """What the :class:`~fgr_defense.trainer.Trainer` writes and reads: checkpoints, logs, ``best.pt``.
 
-The code is a mixin of the Trainer, plus :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
+Two objects the Trainer holds: :class:`TrainState` (where a run stands: its counters, history and
+best epoch; the trainer state of a checkpoint) and :class:`Checkpointer` (its writes through one
+:class:`~fgr_defense.run_folder.RunFolder`, as timm's ``CheckpointSaver``); plus
+:class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
 
 Convention:
     **Checkpoints and logs** (``out_dir``):
@@ -31,7 +34,7 @@ Convention:
     **Consistency.**
 
     - A checkpoint is only written when every floating-point weight and buffer is finite,
-      so a kept checkpoint is always usable (:meth:`CheckpointMixin.save`).
+      so a kept checkpoint is always usable (:meth:`Checkpointer.save`).
     - ``best.pt`` (``keep_best=True``) is committed in two phases: the weights go to
       ``.best.pt.pending`` first, then ``model.pt`` records the new best, then the pending
       file is renamed to ``best.pt``. A crash between the steps is repaired at the next
@@ -42,23 +45,26 @@ Convention:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_model
+from .checkpoint import save_model
 from .run_folder import RunFolder
 
-__all__ = ["CheckpointMixin", "NonFiniteLossError", "TrainingInterrupted"]
+__all__ = ["ACCUM_KEYS", "Checkpointer", "NonFiniteLossError", "Snapshot", "TrainState", "TrainingInterrupted",
+           "check_trainer_state", "load_weights"]
 
 logger = logging.getLogger("fgr_defense.trainer")
 
 _STATE_VERSION = 1
 _STATE_KEYS = ("version", "epoch", "step_in_epoch", "global_step", "seed", "history", "accum", "optimizer")
+#: The running sums of an epoch (``TrainState.accum``).
 ACCUM_KEYS = ("loss", "task_loss", "reg_loss", "correct", "count", "time_s", "dropped")
 
 
@@ -94,198 +100,208 @@ def check_trainer_state(state: Any, path: str | Path) -> None:
                          f"got {state['version']!r}")
 
 
-class CheckpointMixin:
-    """State, checkpoints, ``log.json`` and ``best.pt`` of :class:`~fgr_defense.trainer.Trainer`."""
+def _zero_accum() -> dict[str, float]:
+    return dict.fromkeys(ACCUM_KEYS, 0.0)
 
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    ctx: Any
-    out_dir: Path | None
-    folder: RunFolder | None  # the out_dir's files (None without out_dir)
-    arch: dict[str, Any] | None
-    meta: dict[str, Any]
-    regularizer: Any
-    adversary: Any
-    epoch: int
-    step_in_epoch: int
-    global_step: int
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run stands: completed epochs, batches done in the current one, optimizer steps, the
+    history (one record per completed epoch), the running sums of the current epoch and the best
+    epoch (``keep_best``).
+
+    Example:
+        >>> s = TrainState(seed=3)
+        >>> s.where(), s.accum["count"]
+        ('epoch 1, step 1 (global step 1)', 0.0)
+    """
+
     seed: int
-    history: list[dict[str, Any]]
-    keep_best: bool
-    best: dict[str, Any] | None
-    _accum: dict[str, float]
-    _target_epochs: int | None
-    _last_checkpoint: dict[str, Any] | None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    accum: dict[str, float] = dataclasses.field(default_factory=_zero_accum)
+    best: dict[str, Any] | None = None
 
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0 (or without distributed training)."""
-        return self.ctx is None or self.ctx.is_main
+    def where(self) -> str:
+        """The step being taken, for error messages."""
+        return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume (weights_only-loadable): optimizer, scheduler, counters, history."""
+    def record_best(self, record: dict[str, Any]) -> bool:
+        """Make the epoch of ``record`` the best when its ``val_acc`` is strictly better (the authors'
+        ``if best_val_acc < val_acc``; the first validated epoch always counts); True when it is.
+
+        Example:
+            >>> s = TrainState(seed=0, epoch=1)
+            >>> s.record_best({"val_acc": 0.5}), s.record_best({"val_acc": 0.5}), s.best["val_acc"]
+            (True, False, 0.5)
+        """
+        if "val_acc" not in record:
+            return False
+        val_acc = float(record["val_acc"])
+        if self.best is not None and not val_acc > float(self.best["val_acc"]):
+            return False
+        self.best = {"epoch": self.epoch, "global_step": self.global_step, "val_acc": val_acc}
+        return True
+
+    def meta(self, base: dict[str, Any], target_epochs: int | None, regularizer: Any, adversary: Any,
+             keep_best: bool) -> dict[str, Any]:
+        """A checkpoint's and the log's ``meta``: ``base`` (the caller's) plus where the run stands."""
+        cfg = getattr(regularizer, "config", None)
+        meta = {**base, "epoch": self.epoch, "global_step": self.global_step,
+                "complete": target_epochs is not None and self.epoch >= target_epochs and self.step_in_epoch == 0,
+                "metrics": dict(self.history[-1]) if self.history else {},
+                "regularizer": cfg() if callable(cfg) else (repr(regularizer) if regularizer else None),
+                "adversary": repr(adversary).splitlines()[0] if adversary is not None else None}
+        if keep_best:
+            meta["best"] = dict(self.best) if self.best is not None else None
+        return meta
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Append the epoch's record and start the next epoch's counters."""
+        self.history.append(record)
+        self.epoch = int(record["epoch"])
+        self.step_in_epoch = 0
+        self.accum = _zero_accum()
+
+    def to_dict(self, optimizer: torch.optim.Optimizer, scheduler: Any, world_size: int) -> dict[str, Any]:
+        """The checkpoint's trainer state (weights_only-loadable): this, the optimizer's and the scheduler's."""
         return {
             "version": _STATE_VERSION,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "seed": self.seed,
-            "world_size": self.ctx.world_size if self.ctx is not None else 1,
+            "world_size": world_size,
             "history": [dict(r) for r in self.history],
-            "accum": dict(self._accum),
+            "accum": dict(self.accum),
             "best": dict(self.best) if self.best is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the weights are restored by :meth:`load`)."""
+    def load_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
+                  world_size: int) -> None:
+        """Restore what :meth:`to_dict` returned into this state, ``optimizer`` and ``scheduler``."""
         check_trainer_state(state, "state")
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
         self.seed = int(state["seed"])
         self.history = [dict(r) for r in state["history"]]
-        self._accum = {k: float(state["accum"].get(k, 0.0)) for k in ACCUM_KEYS}
+        self.accum = {k: float(state["accum"].get(k, 0.0)) for k in ACCUM_KEYS}
         self.best = dict(state["best"]) if state.get("best") is not None else None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
             if state.get("scheduler") is None:
                 warnings.warn("scheduler: the checkpoint has no scheduler state; the scheduler starts fresh",
-                              stacklevel=2)
+                              stacklevel=3)
             else:
-                self.scheduler.load_state_dict(state["scheduler"])
-        world = self.ctx.world_size if self.ctx is not None else 1
-        if int(state.get("world_size", 1)) != world:
-            warnings.warn(f"resuming a run of world size {state.get('world_size')} on {world} process(es): "
-                          "the remaining batches of the current epoch will differ", stacklevel=2)
+                scheduler.load_state_dict(state["scheduler"])
+        if int(state.get("world_size", 1)) != world_size:
+            warnings.warn(f"resuming a run of world size {state.get('world_size')} on {world_size} process(es): "
+                          "the remaining batches of the current epoch will differ", stacklevel=3)
 
-    def _checkpoint_meta(self) -> dict[str, Any]:
-        meta = dict(self.meta)
-        cfg = getattr(self.regularizer, "config", None)
-        meta.update({
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "complete": self._target_epochs is not None and self.epoch >= self._target_epochs
-                        and self.step_in_epoch == 0,
-            "metrics": dict(self.history[-1]) if self.history else {},
-            "regularizer": cfg() if callable(cfg) else (repr(self.regularizer) if self.regularizer else None),
-            "adversary": repr(self.adversary).splitlines()[0] if self.adversary is not None else None,
-        })
-        if self.keep_best:
-            meta["best"] = dict(self.best) if self.best is not None else None
-        return meta
 
-    # ------------------------------------------------------------------ files
-    def _where(self) -> str:
-        return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
+#: What a checkpoint holds, taken when it is written: ``(module, arch, meta, trainer state)``.
+Snapshot = Callable[[], "tuple[nn.Module, dict[str, Any] | None, dict[str, Any], dict[str, Any]]"]
 
-    def _kept_message(self) -> str:
+
+class Checkpointer:
+    """What a Trainer writes into its run folder: ``model.pt``, ``best.pt`` in two phases, ``log.json``.
+
+    timm's ``CheckpointSaver`` is the model. ``snapshot()`` gives what a checkpoint holds at the
+    moment it is written. Writes happen on rank 0 only (``is_main``), never with non-finite
+    weights, and the last good checkpoint is remembered for error messages. ``folder=None`` (no
+    ``out_dir``) writes nothing.
+
+    Example:
+        >>> import tempfile
+        >>> net, opt = nn.Linear(2, 2), None
+        >>> state = TrainState(seed=0, epoch=1, global_step=4)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> files = Checkpointer(RunFolder(tempfile.mkdtemp()), lambda: (net, None, {}, state.to_dict(opt, None, 1)))
+        >>> files.write_model()
+        >>> files.folder.model.is_file(), files.kept_message().startswith("the last good checkpoint (epoch 1")
+        (True, True)
+    """
+
+    def __init__(self, folder: RunFolder | None, snapshot: Snapshot, is_main: bool = True) -> None:
+        self.folder = folder
+        self.snapshot = snapshot
+        self.is_main = is_main
+        self.last: dict[str, Any] | None = None
+
+    def kept_message(self) -> str:
         """Where the last good checkpoint is, or that there is none (for error messages)."""
-        if self.out_dir is None:
+        if self.folder is None:
             return "no out_dir was given, so no checkpoint was written"
-        last = self._last_checkpoint
-        if last is None:
-            return f"no checkpoint was written yet (out_dir {str(self.out_dir)!r})"
-        return (f"the last good checkpoint (epoch {last['epoch']}, global step {last['global_step']}) is kept "
-                f"at {str(last['path'])!r}")
+        if self.last is None:
+            return f"no checkpoint was written yet (out_dir {str(self.folder.path)!r})"
+        return (f"the last good checkpoint (epoch {self.last['epoch']}, global step {self.last['global_step']}) "
+                f"is kept at {str(self.last['path'])!r}")
 
-    def _check_parameters_finite(self, path: str | Path) -> None:
-        floats = {name: t for name, t in self.module.state_dict().items() if t.is_floating_point()}
+    def remember(self, path: str | Path, state: dict[str, Any]) -> None:
+        """Record ``path`` (holding trainer state ``state``) as the last good checkpoint."""
+        self.last = {"path": Path(path), "epoch": state["epoch"], "global_step": state["global_step"]}
+
+    def _check_finite(self, module: nn.Module, path: str | Path, global_step: int) -> None:
+        floats = {name: t for name, t in module.state_dict().items() if t.is_floating_point()}
         if not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats.values()]).all()):
             return  # one device sync for all tensors
         bad = [name for name, t in floats.items() if not bool(torch.isfinite(t).all())]
         if bad:
             msg = (f"the weights are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after "
-                   f"global step {self.global_step}: checkpoint {str(path)!r} was not written and training "
-                   f"stopped; {self._kept_message()}. Lower the learning rate or the regularizer weight, or "
+                   f"global step {global_step}: checkpoint {str(path)!r} was not written and training "
+                   f"stopped; {self.kept_message()}. Lower the learning rate or the regularizer weight, or "
                    "set grad_clip.")
             logger.error(msg)
             raise NonFiniteLossError(msg)
 
-    def save(self, path: str | Path) -> None:
-        """Write a checkpoint (weights + trainer state) atomically to ``path`` (rank 0 only).
+    def save(self, path: str | Path) -> dict[str, Any] | None:
+        """Write the snapshot atomically to ``path`` (rank 0 only); returns its trainer state (None: not written).
 
         Raises:
             NonFiniteLossError: a weight or buffer is NaN/inf (nothing is written).
         """
         if not self.is_main:
-            return
-        self._check_parameters_finite(path)
-        save_model(self.module, path, self.arch, self._checkpoint_meta(), extra={"trainer": self.state_dict()})
-        logger.debug("checkpoint: %s (epoch %d, step %d)", path, self.epoch, self.step_in_epoch)
+            return None
+        module, arch, meta, state = self.snapshot()
+        self._check_finite(module, path, state["global_step"])
+        save_model(module, path, arch, meta, extra={"trainer": state})
+        logger.debug("checkpoint: %s (epoch %d, step %d)", path, state["epoch"], state["step_in_epoch"])
+        return state
 
-    @classmethod
-    def resume(cls, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
-        """A Trainer restored from a checkpoint: ``Trainer.resume(path, model, optimizer, **same_kwargs)``.
+    def write_model(self) -> None:
+        """``model.pt``: the resumable checkpoint."""
+        if self.folder is not None:
+            state = self.save(self.folder.model)
+            if state is not None:
+                self.remember(self.folder.model, state)
 
-        ``model`` and ``optimizer`` must be built as for the original run (weights and
-        optimizer state are loaded into them); pass the same scheduler, regularizer and
-        adversary. Then call :meth:`fit` with the same loaders and total ``epochs``.
-
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            ValueError: an unreadable checkpoint, one without trainer state, or weights that
-                do not fit ``model`` (the message names the problem).
-        """
-        obj = load_checkpoint(path, map_location="cpu")
-        check_trainer_state(obj.get("trainer"), path)
-        load_weights(model, obj, path)  # before a DDP wrapper broadcasts rank 0's weights
-        trainer = cls(model, optimizer, **kwargs)  # type: ignore[call-arg]  # the Trainer, which mixes this in
-        trainer._restore(obj, path)
-        return trainer
-
-    def _restore(self, obj: dict[str, Any], path: str | Path) -> None:
-        check_trainer_state(obj.get("trainer"), path)
-        self.load_state_dict(obj["trainer"])
-        self._last_checkpoint = {"path": Path(path), "epoch": self.epoch, "global_step": self.global_step}
-        if self.is_main:
-            logger.info("resumed from %s: epoch %d, step %d in epoch, global step %d",
-                        path, self.epoch, self.step_in_epoch, self.global_step)
-
-    def load(self, path: str | Path) -> None:
-        """Load weights and trainer state from a checkpoint written by :meth:`save`."""
-        obj = load_checkpoint(path, map_location="cpu")
-        check_trainer_state(obj.get("trainer"), path)
-        load_weights(self.module, obj, path)
-        self._restore(obj, path)
-
-    def _write_checkpoint(self) -> None:
-        if self.folder is not None and self.is_main:
-            path = self.folder.model
-            self.save(path)
-            self._last_checkpoint = {"path": path, "epoch": self.epoch, "global_step": self.global_step}
-
-    def _write_log(self) -> None:
-        if self.folder is None or not self.is_main:
-            return
-        self.folder.write_log(self._checkpoint_meta(), self.history)
-
-    # ------------------------------------------------------------------ best.pt
-    def _stage_best(self, record: dict[str, Any]) -> bool:
-        """Record a strictly better ``val_acc`` and write its weights to the pending file."""
-        if not self.keep_best or "val_acc" not in record:
-            return False
-        val_acc = float(record["val_acc"])
-        if self.best is not None and not val_acc > float(self.best["val_acc"]):  # the authors: best < val_acc
-            return False
-        self.best = {"epoch": self.epoch, "global_step": self.global_step, "val_acc": val_acc}
+    def stage_best(self) -> None:
+        """``best.pt``'s first phase: the weights go to the pending file."""
         if self.folder is not None:
             self.save(self.folder.pending_best)
-        return True
 
-    def _commit_best(self) -> None:
+    def commit_best(self, best: dict[str, Any] | None) -> None:
+        """``best.pt``'s second phase (after ``model.pt`` recorded ``best``)."""
         if self.folder is None or not self.is_main:
             return
         self.folder.commit_best()
-        logger.info("best.pt: epoch %d, val_acc %.4f", self.best["epoch"] if self.best else -1,
-                    self.best["val_acc"] if self.best else float("nan"))
+        logger.info("best.pt: epoch %d, val_acc %.4f", best["epoch"] if best else -1,
+                    best["val_acc"] if best else float("nan"))
 
-    def _reconcile_best(self) -> None:
+    def reconcile_best(self, best: dict[str, Any] | None) -> None:
+        """Finish or drop a ``best.pt`` commit that a crash interrupted (:meth:`RunFolder.reconcile_best`)."""
         if self.folder is not None and self.is_main:
-            self.folder.reconcile_best(self.best)
+            self.folder.reconcile_best(best)
+
+    def write_log(self, meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """``log.json`` from the history."""
+        if self.folder is not None and self.is_main:
+            self.folder.write_log(meta, history)
 
 
 def load_weights(model: nn.Module, obj: dict[str, Any], path: str | Path) -> None:

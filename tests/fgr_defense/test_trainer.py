@@ -450,10 +450,10 @@ class TestKeepBest:
         trainer = self._trainer(tmp_path, [0.5, 0.8])
         trainer.fit(loader, 1, val)
 
-        def crash() -> None:
+        def crash(best: object) -> None:
             raise KeyboardInterrupt("killed between model.pt and the rename of best.pt")
 
-        trainer._commit_best = crash  # type: ignore[method-assign]
+        trainer.files.commit_best = crash  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             trainer.fit(loader, 2, val)
         assert self._best(tmp_path) == (1, 0.5)  # not committed yet; model.pt already knows epoch 2
@@ -466,7 +466,7 @@ class TestKeepBest:
         loader, val = DataLoader(data, batch_size=48), DataLoader(data, batch_size=96)
         trainer = self._trainer(tmp_path, [0.5, 0.8, 0.8])
         trainer.fit(loader, 1, val)
-        trainer._write_checkpoint = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
+        trainer.files.write_model = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             trainer.fit(loader, 2, val)  # killed after staging best (epoch 2), before model.pt
         assert (tmp_path / ".best.pt.pending").exists()
@@ -480,3 +480,22 @@ class TestKeepBest:
             make_trainer(small_model(), keep_best=True)
         with pytest.raises(ValueError, match="val_loader: keep_best=True"):
             make_trainer(small_model(), keep_best=True, out_dir=tmp_path).fit(DataLoader(data, batch_size=48), 1)
+
+
+def test_the_trainer_holds_its_parts_instead_of_inheriting_them(data: TensorDataset, tmp_path: Path) -> None:
+    """Issue 18: one object per part (step, state, files), each usable on its own; no mixin chain."""
+    from fgr_defense.trainer_io import Checkpointer, TrainState
+    from fgr_defense.trainer_step import TrainStep
+
+    assert Trainer.__mro__ == (Trainer, object)
+    trainer = make_trainer(small_model(), out_dir=tmp_path)
+    assert isinstance(trainer.step, TrainStep) and isinstance(trainer.state, TrainState)
+    assert isinstance(trainer.files, Checkpointer) and trainer.files.folder is trainer.folder
+    assert trainer.module is trainer.step.module and trainer.optimizer is trainer.step.optimizer
+    x, y = data.tensors[0][:16], data.tensors[1][:16]
+    before = [p.detach().clone() for p in trainer.module.parameters()]
+    out = trainer.step(x, y)  # a step alone moves the weights but not the run's counters
+    assert set(out) == {"loss", "task_loss", "reg_loss", "output"} and trainer.global_step == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.module.parameters()))
+    trainer.train_step(x, y)
+    assert trainer.global_step == 1 == trainer.state.global_step
