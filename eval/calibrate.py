@@ -26,6 +26,7 @@ A preset's ``calibration`` section::
       targets: [0.5, 1.25, 2, 3]  # drops below Standard, in points
       max_step: 1.5               # points: a wider expected step gets a weight in between
       max_weights: 9              # optional: at most this many per family (or {family: n, ...})
+      keep_noisy: true            # optional: also every scanned weight where the scan is not monotone
       scan: {IGR: [0.5, 2, 8], FGR: [5, 15, 50]}
 
 Convention:
@@ -149,20 +150,35 @@ def expected_clean(scan: Sequence[tuple[float, float]], weight: float) -> float:
     return pts[-1][1]
 
 
+def _pooled_runs(scan: Sequence[tuple[float, float]]) -> list[tuple[list[float], float]]:
+    """The non-increasing least-squares fit of clean accuracy on weight (pool adjacent violators):
+    ``(weights of a pooled run, its fitted clean accuracy)`` in weight order."""
+    runs: list[tuple[list[float], float, float]] = []  # weights, sum, count
+    for w, c in sorted((float(w), float(c)) for w, c in scan):
+        runs.append(([w], c, 1.0))
+        while len(runs) > 1 and runs[-2][1] / runs[-2][2] < runs[-1][1] / runs[-1][2]:
+            ws, s1, n1 = runs.pop()
+            runs[-1] = (runs[-1][0] + ws, runs[-1][1] + s1, runs[-1][2] + n1)
+    return [(ws, total / count) for ws, total, count in runs]
+
+
 def _monotone(scan: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The non-increasing least-squares fit of clean accuracy on weight (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [sum, count] of each pooled run
-    pts = sorted((float(w), float(c)) for w, c in scan)
-    for _, c in pts:
-        blocks.append([c, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
-            s1, n1 = blocks.pop()
-            blocks[-1][0] += s1
-            blocks[-1][1] += n1
-    fit: list[float] = []
-    for total, count in blocks:
-        fit += [total / count] * int(count)
-    return [(w, f) for (w, _), f in zip(pts, fit)]
+    return [(w, fit) for ws, fit in _pooled_runs(scan) for w in ws]
+
+
+def noisy_weights(scan: Sequence[tuple[float, float]]) -> list[float]:
+    """The scanned weights where the scan is not monotone: runs that the fit had to pool.
+
+    There the seed-to-seed noise of clean accuracy exceeds its trend between neighbouring
+    weights, so an interpolated weight says little about where a model lands; each of these
+    weights is a separate draw across that stretch of the curve.
+
+    Example:
+        >>> noisy_weights([(1.0, 0.96), (2.0, 0.90), (3.0, 0.92), (4.0, 0.85)])
+        [2.0, 3.0]
+    """
+    return [w for ws, _ in _pooled_runs(scan) if len(ws) > 1 for w in ws]
 
 
 def _weight_at(pts: Sequence[tuple[float, float]], clean: float) -> float | None:
@@ -180,7 +196,8 @@ def _round(w: float) -> float:
 
 
 def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targets: Sequence[float],
-                   max_step: float | None = None, max_weights: int | None = None) -> list[float]:
+                   max_step: float | None = None, max_weights: int | None = None,
+                   keep_noisy: bool = False) -> list[float]:
     """Weights expected at each target drop (points) below ``zero_clean``, plus fill-ins on steep steps.
 
     Args:
@@ -190,7 +207,10 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
         max_step: where the expected clean accuracies of two neighbouring chosen weights differ by
             more than this (points), add their geometric mean (once per pair); None: no fill-ins.
         max_weights: keep at most this many: while there are more, drop the interior weight whose
-            two neighbours are closest in expected clean accuracy (the lightest and heaviest stay).
+            two neighbours are closest in expected clean accuracy (the lightest and heaviest stay,
+            and with ``keep_noisy`` the noisy weights while others are left to drop).
+        keep_noisy: also keep every scanned weight of :func:`noisy_weights` (where the curve is
+            steep and noisy, models land anywhere across the stretch: more of them fill it).
 
     Returns:
         Sorted distinct weights (two significant digits); targets the scan does not reach are
@@ -218,9 +238,15 @@ def choose_weights(scan: Sequence[tuple[float, float]], zero_clean: float, targe
         extra = [_round(math.sqrt(a * b)) for a, b in zip(chosen, chosen[1:])
                  if 100.0 * (expected_clean(pts, a) - expected_clean(pts, b)) > max_step]
         chosen = sorted(set(chosen) | set(extra))
+    kept = set(noisy_weights(scan)) if keep_noisy else set()
+    chosen = sorted(set(chosen) | kept)
     while max_weights is not None and len(chosen) > max(max_weights, 2):
-        span = [expected_clean(pts, chosen[i - 1]) - expected_clean(pts, chosen[i + 1]) for i in range(1, len(chosen) - 1)]
-        del chosen[1 + span.index(min(span))]
+        span = [(w in kept, expected_clean(pts, chosen[i - 1]) - expected_clean(pts, chosen[i + 1]))
+                for i, w in enumerate(chosen[1:-1], 1)]
+        if all(k for k, _ in span):
+            kept = set()  # only noisy weights left to drop: drop them by the same rule
+            continue
+        del chosen[1 + span.index(min(v for v in span if not v[0]))]
     return chosen
 
 
@@ -263,10 +289,12 @@ def run_calibration(p: Preset, out: str | Path, seed: int | Sequence[int] | None
     for family in cal["scan"]:
         scan, zero = pooled_scan(rows, resolve_defense_name(str(family)))
         pooled[family] = [[w, c] for w, c in scan]
-        grids[family] = choose_weights(scan, zero, targets, max_step, weight_cap(cal, str(family)))
+        grids[family] = choose_weights(scan, zero, targets, max_step, weight_cap(cal, str(family)),
+                                       keep_noisy=bool(cal.get("keep_noisy", False)))
         reach[family] = 100.0 * (zero - min(c for _, c in scan))
     result = {"preset": p.name, "source": p.source, "seed": seeds[0] if len(seeds) == 1 else seeds,
               "seeds": seeds, "targets": targets, "max_step": max_step, "max_weights": max_weights,
+              "keep_noisy": bool(cal.get("keep_noisy", False)),
               "zero_clean": zero, "models": rows, "pooled": pooled, "grids": grids, "reach": reach,
               "header": {"command": f"python -m eval calibrate --preset {p.name}", "git_revision": git_revision(exclude=out),
                          **machine(dev)}}

@@ -85,3 +85,18 @@ def test_max_weights_may_differ_per_family() -> None:
         broken = dataclasses.replace(p, raw={**p.raw, "calibration": {**cal, "max_weights": bad}})
         with pytest.raises(PresetError, match="calibration.max_weights: expected an integer >= 2"):
             calibration_plan(broken)
+
+
+def test_where_the_scan_is_not_monotone_every_scanned_weight_is_kept() -> None:
+    """A noisy stretch (2 and 3 pooled by the monotone fit) contributes each scanned weight; the cap drops others first."""
+    from eval.calibrate import noisy_weights
+
+    scan = [(1.0, 0.96), (2.0, 0.90), (3.0, 0.92), (4.0, 0.85), (8.0, 0.80)]
+    assert noisy_weights(scan) == [2.0, 3.0]
+    plain = choose_weights(scan, 0.965, [1.0, 8.0, 13.0])
+    assert 2.0 not in plain and 3.0 not in plain
+    kept = choose_weights(scan, 0.965, [1.0, 8.0, 13.0], keep_noisy=True)
+    assert set(plain) | {2.0, 3.0} == set(kept)
+    capped = choose_weights(scan, 0.965, [1.0, 8.0, 13.0], max_weights=len(kept) - 1, keep_noisy=True)
+    assert {2.0, 3.0} <= set(capped) and len(capped) == len(kept) - 1
+    assert noisy_weights([(1.0, 0.96), (2.0, 0.95)]) == []
