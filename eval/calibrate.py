@@ -317,7 +317,9 @@ def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> 
              f"- Command: `{result['header']['command']}` at revision `{result['header']['git_revision']}`",
              f"- Zero-weight model: {pct(zero)}% clean{' (mean over the seeds)' if len(seeds) > 1 else ''}; "
              "target drops (points): "
-             f"{', '.join(f'{t:g}' for t in result['targets'])}; fill-in above a step of {result['max_step']} points",
+             f"{', '.join(f'{t:g}' for t in result['targets'])}; fill-in above a step of {result['max_step']} points"
+             + ("; every scanned weight of a non-monotone stretch kept" if result.get("keep_noisy") else "")
+             + (f"; at most {result['max_weights']} weights" if result.get("max_weights") else ""),
              ""]
     if figure:
         lines += [f"![calibration]({figure})", ""]
