@@ -319,7 +319,7 @@ def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> 
              "target drops (points): "
              f"{', '.join(f'{t:g}' for t in result['targets'])}; fill-in above a step of {result['max_step']} points"
              + ("; every scanned weight of a non-monotone stretch kept" if result.get("keep_noisy") else "")
-             + (f"; at most {result['max_weights']} weights" if result.get("max_weights") else ""),
+             + (f"; at most {_caps(result['max_weights'])} weights" if result.get("max_weights") else ""),
              ""]
     if figure:
         lines += [f"![calibration]({figure})", ""]
@@ -342,6 +342,11 @@ def render_calibration(result: Mapping[str, Any], figure: str | None = None) -> 
     if short:
         lines += [f"The scan of {', '.join(short)} does not reach the largest target drop: extend it.", ""]
     return "\n".join(lines)
+
+
+def _caps(cap: Any) -> str:
+    """``11`` or ``IGR 11, FGR 12`` (a ``max_weights`` as the report states it)."""
+    return ", ".join(f"{f} {n}" for f, n in cap.items()) if isinstance(cap, dict) else str(cap)
 
 
 def _plot(result: Mapping[str, Any], path: Path) -> str | None:
