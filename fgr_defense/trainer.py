@@ -165,8 +165,6 @@ class Trainer:
         split_backward: bool = True,
         keep_best: bool = False,
     ) -> None:
-        TrainStep.check_arguments(model, optimizer, regularizer, adversary, grad_clip, scheduler_interval,
-                                  autocast_dtype, channels_last)
         check_number(checkpoint_every, "checkpoint_every", integer=True, minimum=1, allow_none=True)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")

@@ -218,9 +218,9 @@ class Checkpointer:
 
     Example:
         >>> import tempfile
-        >>> net, opt = nn.Linear(2, 2), None
-        >>> state = TrainState(seed=0, epoch=1, global_step=4)
+        >>> net = nn.Linear(2, 2)
         >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> state = TrainState(seed=0, epoch=1, global_step=4)
         >>> files = Checkpointer(RunFolder(tempfile.mkdtemp()), lambda: (net, None, {}, state.to_dict(opt, None, 1)))
         >>> files.write_model()
         >>> files.folder.model.is_file(), files.kept_message().startswith("the last good checkpoint (epoch 1")
