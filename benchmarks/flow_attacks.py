@@ -1,24 +1,32 @@
-"""FlowAPGD against the fixed-step flow attacks, and FlowAutoAttack with APGD members against the standard one.
+"""FlowAPGD against the fixed-step flow attacks, and the FlowAutoAttack versions side by side.
 
 ``python -m benchmarks.flow_attacks`` (issue 17): on 10 models of the ``mnist5k`` preset's
 families (Standard, AT-PGD, 2 IGR, 3 FGR, 3 FGR+RS weights; seed 0, the preset's recipe,
 trained into ``OUT/cache`` or reused from there), at 0.25 / 0.5 / 0.75 px, on the first ``--n``
 MNIST-5k test images, it runs
 
-- at about 100 forward+backward passes per example each: FlowAPGD-CE (100 steps),
-  FlowAPGD-T (DLR, 3 targets x 33 steps), FlowPGD-CE at 4 step sizes (100 steps each; the
-  best of the 4 is "FlowPGD-CE, best step"), FlowPGD-margin (4 restarts x 25 steps of
-  ``eps / 8``), StAdv (100 steps) and FlowES (population 10 x 30 steps: 300 forwards);
-- FlowAutoAttack ``"standard"`` (FlowPGD members) and ``"apgd"`` (FlowAPGD members) at their
+- at 100 forward+backward passes per example each (about 300 forwards for FlowES):
+  FlowAPGD-CE as FlowAutoAttack's standard version runs it (10 runs of 10 steps,
+  :data:`~torchattacks_deform.autoattack.APGD_CE_RUNS`) and as AutoAttack runs it (1 x 100),
+  FlowAPGD-T (targeted DLR, 3 targets x 33 steps), FlowPGD-CE at 4 step sizes both as 1 x 100
+  and split as FlowAPGD-CE is (10 x 10) (the best of the 4 step sizes is "FlowPGD-CE, best step"),
+  FlowPGD-margin (4 restarts x 25 steps of ``eps / 8``), StAdv (100 steps) and FlowES
+  (population 10 x 30 steps);
+- FlowAutoAttack ``"legacy"`` (FlowPGD members) and ``"standard"`` (FlowAPGD members) at their
   own cost;
 
-and writes ``OUT/results.json`` and ``OUT/report.md``: robust accuracy (clean-misclassified
-examples count as not robust), time and model queries per attack, the per-model differences
-with 95% t-intervals over models, and the issue's three checks.
+and writes ``OUT/results.json``, ``OUT/report.md`` and ``OUT/attacks.png``
+(:mod:`benchmarks.flow_attacks_report`).
+
+``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE runs
+(``OUT/restarts.json`` and ``OUT/restarts.md``): FlowAPGD-CE at 100 steps per example split
+into 1, 2, 4, 5 and 10 runs, on held-out images (test images 200-319, which the comparison
+above does not use) of the same models and budgets; the split of the lowest total robust
+count is the one to use.
 
 Example:
-    >>> [c.name for c in attack_configs(0.5)][:3]
-    ['FlowAPGD-CE', 'FlowAPGD-T', 'FlowPGD-CE eps/20']
+    >>> [c.name for c in attack_configs(0.5)][:4]
+    ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T', 'FlowPGD-CE eps/20']
 """
 
 from __future__ import annotations
@@ -27,14 +35,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["AttackConfig", "attack_configs", "main", "render", "run"]
+__all__ = ["AttackConfig", "apgd_ce_name", "attack_configs", "main", "run", "select_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,10 @@ MODELS: tuple[tuple[str, Optional[float]], ...] = (
 )
 BUDGETS = (0.25, 0.5, 0.75)
 PGD_STEPS = (20, 8, 4, 2)  # FlowPGD-CE step sizes eps / k
+#: Splits of FlowAPGD-CE's 100 steps per example into ``runs x steps`` that --select-restarts compares.
+SPLITS = ((1, 100), (2, 50), (4, 25), (5, 20), (10, 10))
+#: The held-out test images of --select-restarts (the comparison uses the first --n).
+HELD_OUT = (200, 320)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,28 +68,48 @@ class AttackConfig:
     build: Callable[[Any], Any]
 
 
+def apgd_ce_name(runs: int, steps: int) -> str:
+    """The row name of FlowAPGD-CE as ``runs`` runs of ``steps`` steps, e.g. ``'FlowAPGD-CE 10x10'``."""
+    return f"FlowAPGD-CE {runs}x{steps}"
+
+
+def _apgd_ce(eps: float, runs: int, steps: int) -> AttackConfig:
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
+    from torchattacks_deform import FlowAPGD
+
+    return AttackConfig(apgd_ce_name(runs, steps),
+                        lambda m: FlowAPGD(m, eps=eps, steps=steps, restarts=runs, loss="ce"))
+
+
 def attack_configs(eps: float) -> list[AttackConfig]:
     """The attacks compared at budget ``eps`` (module docstring)."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from torchattacks_deform import FlowAPGD, FlowAPGDT, FlowAutoAttack, FlowES, FlowPGD, StAdv
+    from torchattacks_deform import FlowAPGDT, FlowAutoAttack, FlowES, FlowPGD, StAdv
+    from torchattacks_deform.autoattack import APGD_CE_RUNS
 
-    configs = [
-        AttackConfig("FlowAPGD-CE", lambda m: FlowAPGD(m, eps=eps, steps=100, loss="ce")),
-        AttackConfig("FlowAPGD-T", lambda m: FlowAPGDT(m, eps=eps, steps=33, n_target_classes=3)),
-    ]
-    def pgd(k: int) -> Callable[[Any], Any]:
-        return lambda m: FlowPGD(m, eps=eps, alpha=eps / k, steps=100)
+    steps, runs = APGD_CE_RUNS
+    configs = [_apgd_ce(eps, runs, steps), _apgd_ce(eps, 1, 100),
+               AttackConfig("FlowAPGD-T", lambda m: FlowAPGDT(m, eps=eps, steps=33, n_target_classes=3))]
 
-    configs += [AttackConfig(f"FlowPGD-CE eps/{k}", pgd(k)) for k in PGD_STEPS]
+    def pgd(k: int, runs: int, steps: int) -> Callable[[Any], Any]:
+        return lambda m: FlowPGD(m, eps=eps, alpha=eps / k, steps=steps, restarts=runs)
+
+    configs += [AttackConfig(f"FlowPGD-CE eps/{k}", pgd(k, 1, 100)) for k in PGD_STEPS]
+    configs += [AttackConfig(f"FlowPGD-CE eps/{k} {runs}x{steps}", pgd(k, runs, steps)) for k in PGD_STEPS]
     configs += [
         AttackConfig("FlowPGD-margin", lambda m: FlowPGD(m, eps=eps, alpha=eps / 8, steps=25, loss="margin",
                                                          restarts=4)),
         AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3))),
         AttackConfig("FlowES", lambda m: FlowES(m, eps=eps, population=10, steps=30)),
+        AttackConfig("FlowAutoAttack legacy", lambda m: FlowAutoAttack(m, eps=eps, version="legacy")),
         AttackConfig("FlowAutoAttack standard", lambda m: FlowAutoAttack(m, eps=eps, version="standard")),
-        AttackConfig("FlowAutoAttack apgd", lambda m: FlowAutoAttack(m, eps=eps, version="apgd")),
     ]
     return configs
+
+
+def select_configs(eps: float) -> list[AttackConfig]:
+    """The attacks of ``--select-restarts`` at ``eps``: every split of :data:`SPLITS`."""
+    return [_apgd_ce(eps, runs, steps) for runs, steps in SPLITS]
 
 
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
@@ -102,21 +133,28 @@ def _models(out: Path, device: str) -> list[tuple[str, Any]]:
 
 
 def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, device: str = "cpu",
-        progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse) the models, run every attack, write ``results.json``; returns its dict."""
+        progress: bool = True, select: bool = False) -> dict[str, Any]:
+    """Train (or reuse) the models, run every attack, write ``results.json`` (``restarts.json``
+    with ``select``); returns its dict."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     import torch
     from tqdm import tqdm
 
     from deform_robust.data import load_test_data
     from deform_robust.provenance import git_revision
+    from torchattacks_deform.autoattack import APGD_CE_RUNS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     models = _models(out, device)
-    data = load_test_data("mnist5k", n=n)
-    x, y = data.images.to(device), data.labels.to(device)
+    if select:
+        data = load_test_data("mnist5k", n=HELD_OUT[1])
+        x, y = data.images[HELD_OUT[0]:].to(device), data.labels[HELD_OUT[0]:].to(device)
+    else:
+        data = load_test_data("mnist5k", n=n)
+        x, y = data.images.to(device), data.labels.to(device)
+    configs = select_configs if select else attack_configs
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
@@ -124,7 +162,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         xs, ys = x[correct], y[correct]
-        for cfg in attack_configs(eps):
+        for cfg in configs(eps):
             bar.set_postfix_str(f"{name} {eps:g} px {cfg.name}")
             atk = cfg.build(model)
             torch.manual_seed(0)
@@ -139,111 +177,52 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
                          "time_s": seconds, "queries": int(queries)})
             logger.debug("%s", rows[-1])
     bar.close()
-    result = {"format": "deform-robust-flow-attacks/1", "command": " ".join(["python -m benchmarks.flow_attacks",
-                                                                            *sys.argv[1:]]),
-              "git_revision": git_revision(exclude=out), "n": n, "budgets": list(budgets), "device": device,
+    argv = " ".join(["python -m benchmarks.flow_attacks", *sys.argv[1:]]) if __name__ == "__main__" else None
+    result = {"format": "deform-robust-flow-attacks/2", "command": argv or "benchmarks.flow_attacks.run",
+              "standard_apgd_ce": apgd_ce_name(APGD_CE_RUNS[1], APGD_CE_RUNS[0]),
+              "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
+              "images": list(HELD_OUT) if select else [0, int(len(y))], "device": device,
               "machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)",
               "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "rows": rows}
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / ("restarts.json" if select else "results.json")).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _t_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from eval.stats import seed_stats
-
-    s = seed_stats(list(values))
-    lo, hi = s["ci95"] if s.get("ci95") else (math.nan, math.nan)
-    return float(s["mean"]), float(lo), float(hi)
-
-
-def render(result: dict[str, Any]) -> str:
-    """The Markdown report of :func:`run`'s dict."""
-    rows = result["rows"]
-    cell = {(r["model"], r["eps"], r["attack"]): r for r in rows}
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    pgd = [a for a in attacks if a.startswith("FlowPGD-CE eps/")]
-    lines = ["# FlowAPGD and the FlowAutoAttack versions (issue 17)", "",
-             f"- Command: `{result['command']}` at revision `{result['git_revision']}`",
-             f"- {len(models)} models x budgets {', '.join(f'{b:g}' for b in result['budgets'])} px, the first "
-             f"{result['n']} MNIST-5k test images (robust accuracy over all of them; clean-misclassified count as "
-             f"not robust); {result['machine']}, device `{result['device']}`, torch {result['torch']}; "
-             f"wall time {result['wall_s']:.0f} s", ""]
-    if result.get("relabelled"):
-        lines += [f"- Relabelled: {result['relabelled']}", ""]
-    checks: dict[str, list[bool]] = {"apgd": [], "aa": [], "aa_time": []}
-    for eps in result["budgets"]:
-        lines += [f"## {eps:g} px: robust accuracy %", ""]
-        head = ["model", *attacks, "FlowPGD-CE, best step"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for m in models:
-            best = min(cell[(m, eps, a)]["robust"] for a in pgd)
-            vals = [f"{100 * cell[(m, eps, a)]['robust_acc']:.1f}" for a in attacks]
-            lines.append(f"| {m} | " + " | ".join(vals) + f" | {100 * best / cell[(m, eps, pgd[0])]['n']:.1f} |")
-            checks["apgd"].append(cell[(m, eps, "FlowAPGD-CE")]["robust"] <= best)
-            old, new = cell[(m, eps, "FlowAutoAttack standard")], cell[(m, eps, "FlowAutoAttack apgd")]
-            checks["aa"].append(new["robust"] <= old["robust"] + 1)
-            checks["aa_time"].append(new["time_s"] <= old["time_s"])
-        lines.append("")
-    lines += ["## Per-model differences (points; mean [95% t-interval] over the models and budgets)", ""]
-    pairs = [("FlowAPGD-CE", "FlowPGD-CE, best step"), ("FlowAPGD-CE", "FlowPGD-margin"),
-             ("FlowAPGD-T", "FlowPGD-margin"), ("FlowAutoAttack apgd", "FlowAutoAttack standard")]
-    lines += ["| difference | budget | mean [95% CI] | models where the first is lower / equal / higher |",
-              "|---|---|---|---|"]
-    for a, b in pairs:
-        for eps in result["budgets"]:
-            diffs = []
-            for m in models:
-                ra = cell[(m, eps, a)]["robust_acc"]
-                rb = (min(cell[(m, eps, p)]["robust"] for p in pgd) / cell[(m, eps, pgd[0])]["n"]
-                      if b == "FlowPGD-CE, best step" else cell[(m, eps, b)]["robust_acc"])
-                diffs.append(100 * (ra - rb))
-            mean, lo, hi = _t_interval(diffs)
-            counts = (sum(d < 0 for d in diffs), sum(d == 0 for d in diffs), sum(d > 0 for d in diffs))
-            lines.append(f"| {a} - {b} | {eps:g} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {counts[0]} / {counts[1]} / "
-                         f"{counts[2]} |")
-    lines.append("")
-    lines += ["## Time per model (s) and model queries per example", "",
-              "| attack | " + " | ".join(f"{eps:g} px: s, queries" for eps in result["budgets"]) + " |",
-              "|---|" + "---|" * len(result["budgets"])]
-    for a in attacks:
-        vals = []
-        for eps in result["budgets"]:
-            rs = [cell[(m, eps, a)] for m in models]
-            vals.append(f"{sum(r['time_s'] for r in rs) / len(rs):.2f}, "
-                        f"{sum(r['queries'] / max(r['clean'], 1) for r in rs) / len(rs):.0f}")
-        lines.append(f"| {a} | " + " | ".join(vals) + " |")
-    lines.append("")
-    n_pairs = len(checks["apgd"])
-    lines += ["## The issue's checks", "",
-              f"- FlowAPGD-CE (100 steps) at least as strong as FlowPGD-CE at its best of {len(pgd)} step sizes: "
-              f"{sum(checks['apgd'])} of {n_pairs} model x budget pairs ({100 * sum(checks['apgd']) / n_pairs:.0f}%; "
-              f"required: 90%) -> **{'met' if sum(checks['apgd']) >= 0.9 * n_pairs else 'not met'}**",
-              f"- FlowAutoAttack with the FlowAPGD members (`apgd`) at or below the FlowPGD members (`standard`) "
-              f"within one example: {sum(checks['aa'])} of {n_pairs} "
-              f"-> **{'met' if all(checks['aa']) else 'not met'}**",
-              f"- ... at no more than its time: {sum(checks['aa_time'])} of {n_pairs} "
-              f"-> **{'met' if all(checks['aa_time']) else 'not met'}**", ""]
-    return "\n".join(lines)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # the report draws with matplotlib: imported when the benchmark runs, so that --help stays fast
+    from .flow_attacks_report import attacks_plot, render, render_selection
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.flow_attacks", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/attacks", help="output folder (models cached in OUT/cache)")
-    p.add_argument("--n", type=int, default=120, help="test images (the 2-core CPU: about 30 minutes at 120)")
+    p.add_argument("--n", type=int, default=120, help="test images (the 2-core CPU: about 35 minutes at 120)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--render", action="store_true", help="only re-render OUT/report.md from OUT/results.json")
+    p.add_argument("--select-restarts", action="store_true",
+                   help=f"choose the runs of FlowAPGD-CE's 100 steps on held-out images {HELD_OUT[0]}-"
+                        f"{HELD_OUT[1] - 1} (OUT/restarts.json, OUT/restarts.md; about 6 minutes)")
+    p.add_argument("--render", action="store_true", help="only re-render the report(s) from OUT's json files")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n: expected a positive integer, got {args.n}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
-    result = (json.loads((out / "results.json").read_text()) if args.render
-              else run(out, n=args.n, device=args.device, progress=not args.no_progress))
-    (out / "report.md").write_text(render(result) + "\n")
-    logger.info("wrote %s", out / "report.md")
+    if args.render:
+        for stem, draw in (("results", render), ("restarts", render_selection)):
+            if (out / f"{stem}.json").is_file():
+                result = json.loads((out / f"{stem}.json").read_text())
+                (out / ("report.md" if stem == "results" else "restarts.md")).write_text(draw(result) + "\n")
+                if stem == "results":
+                    attacks_plot(result, out / "attacks.png")
+        logger.info("re-rendered %s", out)
+        return 0
+    result = run(out, n=args.n, device=args.device, progress=not args.no_progress, select=args.select_restarts)
+    if args.select_restarts:
+        (out / "restarts.md").write_text(render_selection(result) + "\n")
+        logger.info("wrote %s", out / "restarts.md")
+    else:
+        (out / "report.md").write_text(render(result) + "\n")
+        attacks_plot(result, out / "attacks.png")
+        logger.info("wrote %s and %s", out / "report.md", out / "attacks.png")
     return 0
 
 

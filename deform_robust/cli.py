@@ -77,7 +77,7 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--n", type=int, default=None, help="evaluate N images only (a user's data: drawn evenly over the classes, seeded)")
     e.add_argument("--eps", default="0.5", help="comma-separated flow budgets in pixels (Linf)")
     e.add_argument("--attacks", default="standard",
-                   help="'standard', 'fast' or 'apgd' (FlowAutoAttack's members), or comma-separated flow "
+                   help="'standard', 'fast' or 'legacy' (FlowAutoAttack's members), or comma-separated flow "
                         "attacks (FlowFGSM,FlowPGD,FlowAPGD,FlowAPGDT,StAdv,FlowES)")
     e.add_argument("--cascade", action="store_true",
                    help="run the attacks as a cascade (cheaper; per-attack numbers become cumulative)")

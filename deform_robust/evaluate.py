@@ -19,6 +19,7 @@ from torch import nn
 from fgr_defense.checkpoint import atomic_save
 from fgr_defense.device import resolve_device
 from torchattacks_deform import RobustnessReport, evaluate_robustness
+from torchattacks_deform.autoattack import VERSIONS, version_names
 
 from .data import load_test_data
 from .models import load_entry, source_config, weight_files
@@ -57,7 +58,7 @@ def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> No
 
 
 def _attacks(name: str, model: nn.Module, eps: float) -> Any:
-    if name in ("standard", "fast", "apgd"):
+    if name in VERSIONS[:3]:
         return name
     attacks = {}
     for family in (s.strip() for s in name.split(",") if s.strip()):
@@ -66,7 +67,7 @@ def _attacks(name: str, model: nn.Module, eps: float) -> Any:
         except ValueError as err:
             raise ValueError(f"--attacks: {err}") from None
     if not attacks:
-        raise ValueError(f"--attacks: expected 'standard', 'fast', 'apgd' or attack names, got {name!r}")
+        raise ValueError(f"--attacks: expected {version_names()} or attack names, got {name!r}")
     return attacks
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ._base import FlowAttack, check_model_dtype
 from ._compat import TorchattacksAttack
 from ._data import batches
-from .autoattack import VERSIONS, FlowAutoAttack, _member_names, version_members
+from .autoattack import VERSIONS, FlowAutoAttack, _member_names, version_members, version_names
 from .engine import attack_batch, seeded
 from .flow import NORMS
 from .modes import preserve_modes
@@ -46,8 +46,7 @@ def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool)
         members, names = list(attacks), []
         where = [f"attacks[{i}]" for i in range(len(members))]
     else:
-        raise TypeError(f"attacks: expected 'standard', 'fast', 'apgd', a list of FlowAttack instances or a "
-                        f"dict "
+        raise TypeError(f"attacks: expected {version_names()}, a list of FlowAttack instances or a dict "
                         f"name -> attack, got {type(attacks).__name__}")
     if not members:
         raise ValueError("attacks: expected at least one attack, got none")
@@ -145,7 +144,7 @@ def evaluate_robustness(
             the evaluation runs once per budget (with ``attacks`` a version name,
             built at each budget) and a :class:`RobustnessCurve` (``{eps: report}``) comes back.
         norm: ``"Linf"`` or ``"L2"`` (the ``"L2"`` versions have no StAdv and FlowES).
-        attacks: ``"standard"``, ``"fast"`` or ``"apgd"`` (the members of that
+        attacks: ``"standard"``, ``"fast"`` or ``"legacy"`` (the members of that
             :class:`~torchattacks_deform.FlowAutoAttack` version, built from ``eps`` and
             ``norm``), a list of :class:`~torchattacks_deform.FlowAttack` instances on
             ``model`` whose budget is ``eps`` in ``norm``, or a dict name -> attack. With
@@ -183,12 +182,12 @@ def evaluate_robustness(
         >>> report = evaluate_robustness(model, images, labels, eps=0.5, attacks="fast")
         >>> print(report)
         Flow robustness: 8 examples, Linf eps = 0.5 px, attacks run independently
-          clean           ...%
-          FlowPGD-CE      ...% (... s)
-          FlowPGD-margin  ...% (... s)
-          StAdv           ...% (... s)
-          FlowES          ...% (... s)
-          worst case      ...%
+          clean         ...%
+          FlowAPGD-CE   ...% (... s)
+          FlowAPGD-T    ...% (... s)
+          StAdv         ...% (... s)
+          FlowES        ...% (... s)
+          worst case    ...%
           per class, clean -> worst case %: 0: ... -> ...
         >>> report.worst_case_accuracy <= min(report.robust_accuracy.values()) <= report.clean_accuracy
         True
@@ -207,7 +206,7 @@ def evaluate_robustness(
     if isinstance(eps, (list, tuple)):
         budgets = _budget_list(eps)
         if not isinstance(attacks, str):
-            raise ValueError(f"attacks: with a list of budgets, expected 'standard', 'fast' or 'apgd' (built at each "
+            raise ValueError(f"attacks: with a list of budgets, expected {version_names()} (built at each "
                              f"budget; an attack instance has one budget), got {type(attacks).__name__}")
         if isinstance(images, collections.abc.Iterator):
             raise TypeError(f"images: with a list of budgets the data is read once per budget, expected a "

@@ -50,7 +50,7 @@ class TestFlowAutoAttack:
     def test_smoke_shapes_and_report(self, model: nn.Module, mixed: tuple[Tensor, Tensor]) -> None:
         x, y = mixed
         atk = FlowAutoAttack(model, eps=0.5, version="fast")
-        assert atk.names == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"] and len(atk.attacks) == 4
+        assert atk.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"] and len(atk.attacks) == 4
         torch.manual_seed(0)
         adv = atk(x, y)
         assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
@@ -159,18 +159,25 @@ class TestFlowAutoAttack:
 
     def test_versions(self, model: nn.Module) -> None:
         std = FlowAutoAttack(model, eps=0.5)
-        assert std.names == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"]
-        pgd_m, stadv, es = std.attacks[1], std.attacks[2], std.attacks[3]
-        assert (pgd_m.loss, pgd_m.restarts, pgd_m.steps, pgd_m.eps) == ("margin", 3, 50, 0.5)
-        apgd = FlowAutoAttack(model, eps=0.5, version="apgd")
-        assert apgd.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"]
-        a, t = apgd.attacks[0], apgd.attacks[1]
-        assert (type(a).__name__, a.loss, a.steps, a.eps) == ("FlowAPGD", "ce", 100, 0.5)
+        assert std.version == "standard" and std.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"]
+        a, t, stadv, es = std.attacks
+        # 100 steps per example as 10 runs of 10 (results/attacks/restarts.md)
+        assert (type(a).__name__, a.loss, a.steps, a.restarts, a.eps) == ("FlowAPGD", "ce", 10, 10, 0.5)
         assert (type(t).__name__, t.n_target_classes, t.steps, t.eps) == ("FlowAPGDT", 3, 33, 0.5)
         assert stadv.bound == 0.5 and stadv.steps == 100 and (es.population, es.steps, es.eps) == (20, 100, 0.5)
+        legacy = FlowAutoAttack(model, eps=0.5, version="legacy")
+        assert legacy.names == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"]
+        pgd_ce, pgd_m = legacy.attacks[0], legacy.attacks[1]
+        assert (pgd_ce.loss, pgd_ce.steps, pgd_ce.alpha, pgd_ce.restarts) == ("ce", 50, 0.5 / 8, 1)
+        assert (pgd_m.loss, pgd_m.restarts, pgd_m.steps, pgd_m.eps) == ("margin", 3, 50, 0.5)
+        fast = FlowAutoAttack(model, eps=0.5, version="fast")
+        assert [(m.steps, getattr(m, "restarts", None)) for m in fast.attacks[:2]] == [(10, 2), (10, 1)]
+        assert fast.attacks[1].n_target_classes == 1
         l2 = FlowAutoAttack(model, eps=2.0, norm="L2", version="fast")
-        assert l2.names == ["FlowPGD-CE", "FlowPGD-margin"] and all(a.norm == "L2" for a in l2.attacks)
+        assert l2.names == ["FlowAPGD-CE", "FlowAPGD-T"] and all(a.norm == "L2" for a in l2.attacks)
         assert [n for n, _, _ in version_members("fast", 1.0)] == std.names
+        with pytest.raises(ValueError, match=r"^version: expected one of \('standard', 'fast', 'legacy', 'custom'\)"):
+            FlowAutoAttack(model, version="apgd")
 
     def test_errors(self, model: nn.Module) -> None:
         other = copy.deepcopy(model)

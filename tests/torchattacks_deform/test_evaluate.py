@@ -54,7 +54,7 @@ def test_three_lines(model: nn.Module, data: tuple[Tensor, Tensor], capsys: pyte
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert lines[0] == "Flow robustness: 24 examples, Linf eps = 0.5 px, attacks run independently"
-    assert [ln.split()[0] for ln in lines[1:-1]] == ["clean", "FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES", "worst"]
+    assert [ln.split()[0] for ln in lines[1:-1]] == ["clean", "FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES", "worst"]
     assert f"{100 * report.clean_accuracy:5.1f}%" in lines[1] and f"{100 * report.worst_case_accuracy:5.1f}%" in lines[-2]
     assert lines[-1].startswith("  per class, clean -> worst case %: 0: ")  # the compact per-class line
     assert isinstance(report, RobustnessReport) and report.n == 24 and report.clean_accuracy <= 21 / 24
@@ -148,8 +148,8 @@ def test_argument_errors(model: nn.Module, data: tuple[Tensor, Tensor]) -> None:
         (dict(batch_size=0), ValueError, r"^batch_size: expected an int >= 1"),
         (dict(cascade="yes"), TypeError, r"^cascade: expected True or False"),
         (dict(progress=1), TypeError, r"^progress: expected True or False"),
-        (dict(attacks="strong"), ValueError, r"^attacks: expected one of \('standard', 'fast', 'apgd'\)"),
-        (dict(attacks=FlowFGSM(model)), TypeError, r"^attacks: expected 'standard', 'fast', 'apgd', a list"),
+        (dict(attacks="strong"), ValueError, r"^attacks: expected one of \('standard', 'fast', 'legacy'\)"),
+        (dict(attacks=FlowFGSM(model)), TypeError, r"^attacks: expected 'standard', 'fast' or 'legacy', a list"),
         (dict(attacks=[]), ValueError, r"^attacks: expected at least one attack"),
         (dict(attacks=[lambda a, b: a]), TypeError, r"^attacks\[0\]: expected a FlowAttack"),
         (dict(attacks={"x": FlowFGSM(other)}), ValueError, r"^attacks\['x'\]: expected an attack on the evaluated"),

@@ -1,0 +1,69 @@
+"""The flow-attack comparison's report: the issue's checks computed from the rows, the selection rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.flow_attacks import SPLITS, apgd_ce_name, attack_configs, select_configs
+from benchmarks.flow_attacks_report import (
+    attacks_plot,
+    checks,
+    render,
+    render_selection,
+    selection_totals,
+)
+
+CE = "FlowAPGD-CE 10x10"
+
+
+def _row(model: str, eps: float, attack: str, robust: int, queries: int = 100, time_s: float = 1.0) -> dict[str, Any]:
+    return dict(model=model, eps=eps, attack=attack, n=10, clean=9, robust=robust, robust_acc=robust / 10,
+                time_s=time_s, queries=queries)
+
+
+def _result(ce: int, pgd: tuple[int, int], standard: int, legacy: int, queries: tuple[int, int]) -> dict[str, Any]:
+    rows = []
+    for m in ("a", "b"):
+        rows += [_row(m, 0.5, CE, ce), _row(m, 0.5, "FlowAPGD-CE 1x100", ce + 1), _row(m, 0.5, "FlowAPGD-T", 5),
+                 _row(m, 0.5, "FlowPGD-CE eps/8", pgd[0]), _row(m, 0.5, "FlowPGD-CE eps/2", pgd[1]),
+                 _row(m, 0.5, "FlowPGD-CE eps/8 10x10", 0), _row(m, 0.5, "FlowPGD-margin", 4),
+                 _row(m, 0.5, "FlowAutoAttack legacy", legacy, queries[0], 2.0),
+                 _row(m, 0.5, "FlowAutoAttack standard", standard, queries[1], 1.0)]
+    return {"rows": rows, "standard_apgd_ce": CE, "command": "c", "git_revision": "r", "n": 10,
+            "budgets": [0.5], "machine": "m", "device": "cpu", "torch": "t", "wall_s": 1.0}
+
+
+def test_checks_use_the_best_step_and_one_example_of_slack() -> None:
+    # FlowAPGD-CE 3 vs FlowPGD-CE min(4, 3) = 3: as strong; suite 3 vs legacy 2: within one example
+    c = checks(_result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(200, 150)))
+    assert c == {"ce": [True, True], "aa": [True, True], "aa_queries": [True, True], "aa_time": [True, True]}
+    # one example weaker than the best step fails; two examples above the legacy suite fail; more queries fail
+    c = checks(_result(ce=4, pgd=(5, 3), standard=4, legacy=2, queries=(100, 101)))
+    assert c["ce"] == [False, False] and c["aa"] == [False, False] and c["aa_queries"] == [False, False]
+
+
+def test_render_states_the_verdicts(tmp_path: Path) -> None:
+    text = render(_result(ce=4, pgd=(5, 3), standard=3, legacy=3, queries=(100, 90)))
+    assert "0 of 2 model x budget pairs (0%; required: 90%) -> **not met**" in text
+    assert "at or below `legacy` within one example: 2 of 2 -> **met**" in text
+    # the best-of-8 row takes the split runs too (robust 0 here)
+    assert "| a | 40.0 | 50.0 | 50.0 | 50.0 | 30.0 | 0.0 | 40.0 | 30.0 | 30.0 | 30.0 | 0.0 |" in text
+    assert attacks_plot(_result(3, (4, 3), 3, 2, (1, 1)), tmp_path / "a.png") == str(tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_selection_takes_the_lowest_total_and_fewer_runs_on_ties() -> None:
+    rows = [_row(m, e, apgd_ce_name(r, s), robust) for m in ("a", "b") for e in (0.5, 0.75)
+            for (r, s), robust in zip(SPLITS, (9, 7, 6, 6, 8))]
+    res = {"rows": rows, "standard_apgd_ce": CE, "command": "c", "git_revision": "r", "n": 10, "images": [200, 320],
+           "machine": "m", "wall_s": 1.0}
+    assert selection_totals(res)["FlowAPGD-CE 4x25"] == 24
+    assert "Chosen: **FlowAPGD-CE 4x25**" in render_selection(res)
+
+
+def test_configs_are_at_equal_queries() -> None:
+    names = [c.name for c in attack_configs(0.5)]
+    assert names[:3] == [CE, "FlowAPGD-CE 1x100", "FlowAPGD-T"] and len(names) == len(set(names))
+    assert names[-2:] == ["FlowAutoAttack legacy", "FlowAutoAttack standard"]
+    assert [c.name for c in select_configs(0.5)] == [apgd_ce_name(r, s) for r, s in SPLITS]
