@@ -8,7 +8,8 @@ MNIST-5k test images, it runs
 - at 100 forward+backward passes per example each (about 300 forwards for FlowES):
   FlowAPGD-CE as FlowAutoAttack's standard version runs it (10 runs of 10 steps,
   :data:`~torchattacks_deform.autoattack.APGD_CE_RUNS`) and as AutoAttack runs it (1 x 100),
-  FlowAPGD-T (targeted DLR, 3 targets x 33 steps), FlowPGD-CE at 4 step sizes both as 1 x 100
+  FlowAPGD-T as the standard version runs it (targeted DLR,
+  :data:`~torchattacks_deform.autoattack.APGD_T_RUNS`), FlowPGD-CE at 4 step sizes both as 1 x 100
   and split as FlowAPGD-CE is (10 x 10) (the best of the 4 step sizes is "FlowPGD-CE, best step"),
   FlowPGD-margin (4 restarts x 25 steps of ``eps / 8``), StAdv (100 steps) and FlowES
   (population 10 x 30 steps);
@@ -18,15 +19,17 @@ MNIST-5k test images, it runs
 and writes ``OUT/results.json``, ``OUT/report.md`` and ``OUT/attacks.png``
 (:mod:`benchmarks.flow_attacks_report`).
 
-``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE runs
-(``OUT/restarts.json`` and ``OUT/restarts.md``): FlowAPGD-CE at 100 steps per example split
-into 1, 2, 4, 5 and 10 runs, on held-out images (test images 200-319, which the comparison
-above does not use) of the same models and budgets; the split of the lowest total robust
-count is the one to use.
+``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE and
+FlowAPGD-T runs (``OUT/restarts.json`` and ``OUT/restarts.md``) on held-out images (test images
+200-319, which the comparison above does not use) of the same models and budgets: FlowAPGD-CE
+at 100 steps per example split into 1, 2, 4, 5 and 10 runs (the split of the lowest total robust
+count is the one to use), then FlowAPGD-T's 99 steps as 3 targets x 33, 9 x 11 or 3 x 3 runs
+x 11, each judged inside the suite (examples robust to the chosen FlowAPGD-CE, FlowAPGD-T and
+StAdv; the lowest total is the one to use).
 
 Example:
     >>> [c.name for c in attack_configs(0.5)][:4]
-    ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T', 'FlowPGD-CE eps/20']
+    ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T 3x33', 'FlowPGD-CE eps/20']
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["AttackConfig", "apgd_ce_name", "attack_configs", "main", "run", "select_configs"]
+__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "run", "select_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ BUDGETS = (0.25, 0.5, 0.75)
 PGD_STEPS = (20, 8, 4, 2)  # FlowPGD-CE step sizes eps / k
 #: Splits of FlowAPGD-CE's 100 steps per example into ``runs x steps`` that --select-restarts compares.
 SPLITS = ((1, 100), (2, 50), (4, 25), (5, 20), (10, 10))
+#: FlowAPGD-T as ``(target classes, runs per target, steps per run)`` (99 steps per example) that
+#: --select-restarts compares inside the suite (after the chosen FlowAPGD-CE, before StAdv).
+T_SPLITS = ((3, 1, 33), (9, 1, 11), (3, 3, 11))
 #: The held-out test images of --select-restarts (the comparison uses the first --n).
 HELD_OUT = (200, 320)
 
@@ -81,15 +87,27 @@ def _apgd_ce(eps: float, runs: int, steps: int) -> AttackConfig:
                         lambda m: FlowAPGD(m, eps=eps, steps=steps, restarts=runs, loss="ce"))
 
 
+def apgd_t_name(targets: int, runs: int, steps: int) -> str:
+    """The row name of FlowAPGD-T, e.g. ``'FlowAPGD-T 3x33'`` (3 targets, 33 steps) or ``'FlowAPGD-T 3x3x11'``."""
+    return f"FlowAPGD-T {targets}x{steps}" if runs == 1 else f"FlowAPGD-T {targets}x{runs}x{steps}"
+
+
+def _apgd_t(eps: float, targets: int, runs: int, steps: int) -> AttackConfig:
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
+    from torchattacks_deform import FlowAPGDT
+
+    return AttackConfig(apgd_t_name(targets, runs, steps),
+                        lambda m: FlowAPGDT(m, eps=eps, steps=steps, n_target_classes=targets, restarts=runs))
+
+
 def attack_configs(eps: float) -> list[AttackConfig]:
     """The attacks compared at budget ``eps`` (module docstring)."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from torchattacks_deform import FlowAPGDT, FlowAutoAttack, FlowES, FlowPGD, StAdv
-    from torchattacks_deform.autoattack import APGD_CE_RUNS
+    from torchattacks_deform import FlowAutoAttack, FlowES, FlowPGD, StAdv
+    from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
     steps, runs = APGD_CE_RUNS
-    configs = [_apgd_ce(eps, runs, steps), _apgd_ce(eps, 1, 100),
-               AttackConfig("FlowAPGD-T", lambda m: FlowAPGDT(m, eps=eps, steps=33, n_target_classes=3))]
+    configs = [_apgd_ce(eps, runs, steps), _apgd_ce(eps, 1, 100), _apgd_t(eps, *APGD_T_RUNS)]
 
     def pgd(k: int, runs: int, steps: int) -> Callable[[Any], Any]:
         return lambda m: FlowPGD(m, eps=eps, alpha=eps / k, steps=steps, restarts=runs)
@@ -108,8 +126,12 @@ def attack_configs(eps: float) -> list[AttackConfig]:
 
 
 def select_configs(eps: float) -> list[AttackConfig]:
-    """The attacks of ``--select-restarts`` at ``eps``: every split of :data:`SPLITS`."""
-    return [_apgd_ce(eps, runs, steps) for runs, steps in SPLITS]
+    """The attacks of ``--select-restarts`` at ``eps``: every split of :data:`SPLITS` and :data:`T_SPLITS`, StAdv."""
+    # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
+    from torchattacks_deform import StAdv
+
+    return [*(_apgd_ce(eps, runs, steps) for runs, steps in SPLITS), *(_apgd_t(eps, *t) for t in T_SPLITS),
+            AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3)))]
 
 
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
@@ -142,7 +164,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
 
     from deform_robust.data import load_test_data
     from deform_robust.provenance import git_revision
-    from torchattacks_deform.autoattack import APGD_CE_RUNS
+    from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,16 +192,19 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
             adv = atk(xs, ys)
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                robust = int((model(adv).argmax(1) == ys).sum())
+                still = model(adv).argmax(1) == ys
+                robust = int(still.sum())
             queries = atk.query_count + sum(m.query_count for m in getattr(atk, "attacks", []))  # a suite's members
             rows.append({"model": name, "eps": eps, "attack": cfg.name, "n": int(len(y)),
                          "clean": int(correct.sum()), "robust": robust, "robust_acc": robust / len(y),
-                         "time_s": seconds, "queries": int(queries)})
+                         "time_s": seconds, "queries": int(queries),
+                         **({"robust_mask": still.int().tolist()} if select else {})})
             logger.debug("%s", rows[-1])
     bar.close()
     argv = " ".join(["python -m benchmarks.flow_attacks", *sys.argv[1:]]) if __name__ == "__main__" else None
     result = {"format": "deform-robust-flow-attacks/2", "command": argv or "benchmarks.flow_attacks.run",
               "standard_apgd_ce": apgd_ce_name(APGD_CE_RUNS[1], APGD_CE_RUNS[0]),
+              "standard_apgd_t": apgd_t_name(*APGD_T_RUNS),
               "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
               "images": list(HELD_OUT) if select else [0, int(len(y))], "device": device,
               "machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)",
@@ -198,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--select-restarts", action="store_true",
-                   help=f"choose the runs of FlowAPGD-CE's 100 steps on held-out images {HELD_OUT[0]}-"
+                   help=f"choose the runs of FlowAPGD-CE and FlowAPGD-T on held-out images {HELD_OUT[0]}-"
                         f"{HELD_OUT[1] - 1} (OUT/restarts.json, OUT/restarts.md; about 6 minutes)")
     p.add_argument("--render", action="store_true", help="only re-render the report(s) from OUT's json files")
     args = p.parse_args(argv)

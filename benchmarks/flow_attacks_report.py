@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["attacks_plot", "checks", "render", "render_selection", "selection_totals"]
+__all__ = ["attacks_plot", "checks", "render", "render_selection", "selection_totals", "suite_counts"]
 
 BEST = "FlowPGD-CE, best step"
 BEST8 = "FlowPGD-CE, best of 8"
@@ -96,9 +96,9 @@ def render(result: Mapping[str, Any]) -> str:
              f"test images (robust accuracy over all of them; clean-misclassified count as not robust); "
              f"{result['machine']}, device `{result['device']}`, torch {result['torch']}; wall time "
              f"{result['wall_s']:.0f} s",
-             f"- FlowAutoAttack `standard` = {ce} -> FlowAPGD-T -> StAdv -> FlowES; `legacy` = FlowPGD-CE (50 "
-             f"steps) -> FlowPGD-margin (3 x 50) -> StAdv -> FlowES. The split of FlowAPGD-CE's 100 steps into runs "
-             f"was chosen on held-out images: [restarts.md](restarts.md).", "",
+             f"- FlowAutoAttack `standard` = {ce} -> {result.get('standard_apgd_t', 'FlowAPGD-T')} -> StAdv -> FlowES; "
+             f"`legacy` = FlowPGD-CE (50 steps) -> FlowPGD-margin (3 x 50) -> StAdv -> FlowES. The splits of "
+             f"FlowAPGD's steps into runs were chosen on held-out images: [restarts.md](restarts.md).", "",
              "![attacks](attacks.png)", ""]
     for eps in budgets:
         lines += [f"## {eps:g} px: robust accuracy %", ""]
@@ -112,7 +112,7 @@ def render(result: Mapping[str, Any]) -> str:
               "| difference | budget | mean [95% CI] | models where the first is lower / equal / higher |",
               "|---|---|---|---|"]
     pairs = [(ce, BEST), ("FlowAPGD-CE 1x100", BEST), (ce, BEST8), (ce, "FlowPGD-margin"),
-             ("FlowAPGD-T", "FlowPGD-margin"), (STANDARD, LEGACY)]
+             (result.get("standard_apgd_t", "FlowAPGD-T"), "FlowPGD-margin"), (STANDARD, LEGACY)]
     for a, b in pairs:
         for eps in budgets:
             diffs = [100 * (_robust(cell, attacks, m, eps, a) - _robust(cell, attacks, m, eps, b)) / n
@@ -160,17 +160,31 @@ def render(result: Mapping[str, Any]) -> str:
 
 
 def selection_totals(result: Mapping[str, Any]) -> dict[str, int]:
-    """Total robust count of each split over the models and budgets of ``--select-restarts``."""
+    """Total robust count of each FlowAPGD-CE split over the models and budgets of ``--select-restarts``."""
     totals: dict[str, int] = {}
     for r in result["rows"]:
-        totals[r["attack"]] = totals.get(r["attack"], 0) + int(r["robust"])
+        if r["attack"].startswith("FlowAPGD-CE "):
+            totals[r["attack"]] = totals.get(r["attack"], 0) + int(r["robust"])
     return totals
+
+
+def suite_counts(result: Mapping[str, Any], ce: str) -> dict[tuple[str, float, str], int]:
+    """Per ``(model, budget, FlowAPGD-T split)``: the examples robust to ``ce``, the split and StAdv."""
+    cell, models, budgets, attacks = _cells(result)
+    out = {}
+    for m in models:
+        for eps in budgets:
+            for t in (a for a in attacks if a.startswith("FlowAPGD-T ")):
+                masks = [cell[(m, eps, a)]["robust_mask"] for a in (ce, t, "StAdv")]
+                out[(m, eps, t)] = sum(all(v) for v in zip(*masks))
+    return out
 
 
 def render_selection(result: Mapping[str, Any]) -> str:
     """The Markdown report of ``--select-restarts``: robust counts per split, the chosen one."""
-    cell, models, budgets, attacks = _cells(result)
+    cell, models, budgets, every = _cells(result)
     totals = selection_totals(result)
+    attacks = [a for a in every if a in totals]
     chosen = min(attacks, key=lambda a: (totals[a], attacks.index(a)))
     lo, hi = result["images"]
     lines = ["# The split of FlowAPGD-CE's 100 steps into runs (held-out images)", "",
@@ -186,6 +200,21 @@ def render_selection(result: Mapping[str, Any]) -> str:
             lines.append(f"| {m} | {eps:g} | " + " | ".join(str(cell[(m, eps, a)]["robust"]) for a in attacks) + " |")
     lines += ["| **total** | | " + " | ".join(f"**{totals[a]}**" for a in attacks) + " |", "",
               f"Chosen: **{chosen}** (FlowAutoAttack's standard version runs {result['standard_apgd_ce']}).", ""]
+    ts = [a for a in every if a.startswith("FlowAPGD-T ")]
+    if ts:
+        suite = suite_counts(result, chosen)
+        t_totals = {t: sum(v for k, v in suite.items() if k[2] == t) for t in ts}
+        t_chosen = min(ts, key=lambda t: (t_totals[t], ts.index(t)))
+        lines += ["## FlowAPGD-T inside the suite", "",
+                  f"Examples robust to {chosen}, the FlowAPGD-T split (targets x steps, or targets x runs x steps; "
+                  f"99 steps per example) and StAdv, per model and budget; the rule: the lowest total (ties: the "
+                  f"first listed).", "", "| model | budget | " + " | ".join(ts) + " |", "|---|---|" + "---|" * len(ts)]
+        for m in models:
+            for eps in budgets:
+                lines.append(f"| {m} | {eps:g} | " + " | ".join(str(suite[(m, eps, t)]) for t in ts) + " |")
+        lines += ["| **total** | | " + " | ".join(f"**{t_totals[t]}**" for t in ts) + " |", "",
+                  f"Chosen: **{t_chosen}** (FlowAutoAttack's standard version runs "
+                  f"{result.get('standard_apgd_t', 'FlowAPGD-T 3x33')}).", ""]
     return "\n".join(lines)
 
 

@@ -21,13 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deform_robust import TrainSpec, train_from_spec
 from deform_robust.config import EvalConfig, parse_config
-from deform_robust.data import load_test_data
+from deform_robust.data import TestData, load_test_data
 from deform_robust.runner import run_config
+from fgr_defense.checkpoint import load_model
 from fgr_defense.constants import DATASETS, REFERENCE_DEFENSE
 from fgr_defense.defenses import paper_weight
 from fgr_defense.device import resolve_device
@@ -35,6 +37,7 @@ from fgr_defense.naming import file_slug
 
 from .analysis import analyze, attack_strength
 from .figures import frontier_plot, matched_plot, matching_plot
+from .fill_in import fill_in_options, next_fill_weight
 from .pipeline_report import RESULTS_FORMAT, write_pipeline_outputs
 from .plots import budget_plots, model_plots
 from .presets import Instance, Preset, load_preset
@@ -134,6 +137,19 @@ def _weight(spec: TrainSpec) -> float | None:
     return paper_weight(spec.defense, spec.lam, spec.lam_batch_size, int(DATASETS[spec.dataset]["size"]))
 
 
+def _train_one(spec: TrainSpec, inst: Instance, seed: int, cache: Path, device: str) -> dict[str, Any]:
+    """Train (or reuse) one instance on one seed; the record the report and the evaluation read."""
+    res = train_from_spec(dataclasses.replace(spec, device=device), cache / f"seed{seed}" / file_slug(inst.name),
+                          mode="auto")
+    last = res.history[-1] if res.history else {}
+    logger.info("train %s seed %d: %s (%s)", inst.name, seed, res.checkpoint,
+                "cached" if res.cached else f"{res.wall_s:.0f}s")
+    return {"seed": seed, "model": inst.name, "defense": inst.defense, "spec": spec.to_dict(),
+            "weight": _weight(spec), "path": str(res.checkpoint), "train_s": res.train_s,
+            "cached": res.cached, "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
+            "epochs": len(res.history)}
+
+
 def _train_all(p: Preset, cache: Path, device: str, progress: bool) -> list[dict[str, Any]]:
     jobs = list(train_specs(p).items())
     trained = []
@@ -141,17 +157,50 @@ def _train_all(p: Preset, cache: Path, device: str, progress: bool) -> list[dict
     with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():  # log lines above the bar
         for k, ((seed, inst), spec) in enumerate(bar, 1):
             bar.set_postfix_str(f"model {k}/{len(jobs)}: {inst.name} seed {seed}")
-            res = train_from_spec(dataclasses.replace(spec, device=device), cache / f"seed{seed}" / file_slug(inst.name),
-                                  mode="auto")
-            last = res.history[-1] if res.history else {}
-            trained.append({"seed": seed, "model": inst.name, "defense": inst.defense, "spec": spec.to_dict(),
-                            "weight": _weight(spec), "path": str(res.checkpoint), "train_s": res.train_s,
-                            "cached": res.cached, "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-                            "epochs": len(res.history)})
-            logger.info("train model %d/%d: %s seed %d: %s (%s)", k, len(jobs), inst.name, seed, res.checkpoint,
-                        "cached" if res.cached else f"{res.wall_s:.0f}s")
+            trained.append(_train_one(spec, inst, seed, cache, device))
     bar.close()
     return trained
+
+
+def _clean_accuracy(path: str, data: TestData, device: str) -> float:
+    """A checkpoint's clean accuracy on the run's test images (the fill-in rule's only input)."""
+    model, _ = load_model(path, map_location=device)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(data.labels), 500):
+            x, y = data.images[i:i + 500].to(device), data.labels[i:i + 500].to(device)
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / len(data.labels)
+
+
+def _fill_in(p: Preset, opts: dict[str, Any], trained: list[dict[str, Any]], data: TestData, cache: Path,
+             device: str) -> list[dict[str, Any]]:
+    """The models that ``training.fill_in`` adds (:mod:`eval.fill_in`), trained; per seed and family."""
+    zero = p.analysis.get("zero_weight")
+    acc: dict[str, float] = {}
+
+    def clean(t: dict[str, Any]) -> float:
+        if t["path"] not in acc:
+            acc[t["path"]] = _clean_accuracy(t["path"], data, device)
+        return acc[t["path"]]
+
+    added: list[dict[str, Any]] = []
+    for seed in p.seeds:
+        zeros = [(0.0, clean(t)) for t in trained if t["seed"] == seed and t["defense"] == zero]
+        for family in opts["families"]:
+            mine = [t for t in trained if t["seed"] == seed and t["defense"] == family and t["weight"] is not None]
+            for _ in range(opts["max_extra"] if mine else 0):
+                w = next_fill_weight(zeros + [(t["weight"], clean(t)) for t in mine], opts["max_gap"],
+                                     [t["weight"] for t in mine], opts["resolution"])
+                if w is None:
+                    break
+                inst = Instance(family, weight=w)
+                rec = {**_train_one(instance_spec(p, inst, seed), inst, seed, cache, device), "fill_in": True}
+                logger.info("fill-in: %s seed %d at %.1f%% clean", inst.name, seed, 100 * clean(rec))
+                mine.append(rec)
+                added.append(rec)
+    return added
 
 
 def _models(p: Preset, trained: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -185,12 +234,15 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
                        "to commit, run from a clean commit and keep logs outside the checkout", p.name, out, revision)
     logger.info("%s: %d training run(s) over seeds %s on %s -> %s", p.name, sum(len(p.instances_for(s)) for s in p.seeds),
                 list(p.seeds), dev, out)
+    fill = fill_in_options(p.training, p.analysis, p.source)
     trained = _train_all(p, cache / "train", str(dev), progress)
+    d = eval_config(p, p.main_seed, _models(p, trained, p.main_seed), str(dev)).data
+    data = load_test_data(d.dataset, d.root, d.n, d.pipeline)  # the preset's one data section: loaded once
+    if fill is not None:
+        trained += _fill_in(p, fill, trained, data, cache / "train", str(dev))
     t_train = time.perf_counter() - t0
     runs: dict[int, dict[str, Any]] = {}
     cfgs = {seed: eval_config(p, seed, _models(p, trained, seed), str(dev)) for seed in p.seeds}
-    d = cfgs[p.main_seed].data  # the preset's one data section: loaded once for every seed and the figures
-    data = load_test_data(d.dataset, d.root, d.n, d.pipeline)
     first = 1
     for seed, cfg in cfgs.items():  # the runner's bar and log count the models of the seed: "model k/N"
         logger.info("evaluate models %d-%d of %d (seed %d)", first, first + len(cfg.models) - 1, len(trained), seed)

@@ -125,6 +125,10 @@ def _coverage_section(res: dict[str, Any]) -> list[str]:
             "between neighbouring clean accuracies (points)")
     if min_drop is not None and max_gap is not None:
         text += f"; required: a drop of at least {100 * min_drop:g} and no gap over {100 * max_gap:g}"
+    filled = [f"{t['model']} seed {t['seed']}" for t in res.get("training", []) if t.get("fill_in")]
+    if filled:
+        text += (f". Added by the per-seed fill-in rule (training.fill_in, eval/fill_in.py: clean accuracy only): "
+                 f"{', '.join(filled)}")
     return [head, "", text + ".", "", md_table(["family", "seed", "instances", "top %", "lowest %", "drop",
                                                "largest gap", "meets the requirement"], rows), ""]
 

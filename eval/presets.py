@@ -18,6 +18,7 @@ A preset is an eval config (the format of ``eval/configs/``: ``name``, ``seed``,
       lam_batch_size: 256          # the batch size the paper's lambdas refer to
       seeds: [0, 1, 2]             # the first is the main seed
       grad_clip: 5.0               # optional: one stabilizer for every instance (the global gradient norm)
+      fill_in: {max_gap: 0.02, max_extra: 2}   # optional: per seed, fill clean-accuracy gaps (eval/fill_in.py)
       instances:                   # `seeds: main` trains on the main seed only, `seeds: [0, 1]` on those
         - {defense: Standard}
         - {defense: IGR, lam: [1000, 3000, 5000, 7000]}   # a list expands into one instance each
@@ -47,12 +48,14 @@ from deform_robust.config import ConfigError, read_yaml
 from fgr_defense.defenses import get_schedule, resolve_defense_name
 from torchattacks_deform.validation import check_number
 
+from .fill_in import fill_in_options
+
 __all__ = ["PRESET_DIR", "Instance", "Preset", "PresetError", "available_presets", "load_preset"]
 
 PRESET_DIR = Path(__file__).with_name("presets")
 _INSTANCE_KEYS = {"defense", "weight", "lam", "sigma", "variant", "eps", "seeds"}
 _TRAINING_KEYS = {"dataset", "model", "schedule", "augment", "pipeline", "limit", "lam_batch_size", "seeds",
-                  "instances", "keep_best", "data_root", "grad_clip"}
+                  "instances", "keep_best", "data_root", "grad_clip", "fill_in"}
 _TOP_KEYS = {"name", "title", "command", "extends", "seed", "device", "data", "training", "attacks", "checks",
              "plots", "report", "analysis", "anchor", "notes", "calibration"}
 _PAPER_GAINS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -228,6 +231,10 @@ def load_preset(name: str, **overrides: Any) -> Preset:
     analysis = raw.get("analysis") or {}
     if not isinstance(analysis, dict):
         raise PresetError(f"{source}: analysis: expected a mapping, got {analysis!r}")
+    try:
+        fill_in_options(training, analysis, source)
+    except ValueError as err:
+        raise PresetError(str(err)) from None
     preset = Preset(
         name=str(raw.get("name", Path(source).stem)), title=str(raw.get("title", raw.get("name", "preset"))),
         command=str(raw.get("command", f"python -m eval reproduce --preset {name}")), raw=raw, training=training,

@@ -19,7 +19,7 @@ from .pgd import FlowPGD
 from .stadv import StAdv
 from .validation import check_budget, check_choice
 
-__all__ = ["APGD_CE_RUNS", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
+__all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ def version_names() -> str:
 #: ``(steps, restarts)`` of the standard version's FlowAPGD-CE: 100 steps per example as 10
 #: runs of 10 (chosen on held-out images: ``results/attacks/restarts.md``).
 APGD_CE_RUNS = (10, 10)
+#: ``(target classes, runs per target, steps per run)`` of the standard version's FlowAPGD-T
+#: (chosen on held-out images: ``results/attacks/restarts.md``).
+APGD_T_RUNS = (3, 1, 33)
 
 
 def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[str, Any, dict[str, Any]]]:
@@ -54,7 +57,7 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
        queries, more shorter runs left less robust accuracy on held-out images, 10 x 10 the
        least of 1, 2, 4, 5 and 10 runs (``results/attacks/restarts.md``).
     2. ``FlowAPGD-T``: :class:`~torchattacks_deform.FlowAPGDT`, the targeted DLR loss toward
-       the 3 most likely wrong classes, 33 steps each.
+       the 3 most likely wrong classes, 33 steps each (:data:`APGD_T_RUNS`).
     3. ``StAdv``: 100 Adam steps (``lr = eps / 5``) on the margin plus smoothness, bounded by
        the Linf ``eps`` (a different optimizer and objective; Linf only).
     4. ``FlowES``: gradient-free NES, population 20, 100 steps (2000 queries; catches gradient
@@ -90,8 +93,9 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
         steps, restarts = (10, 2) if fast else APGD_CE_RUNS
         members = [
             ("FlowAPGD-CE", FlowAPGD, dict(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="ce")),
-            ("FlowAPGD-T", FlowAPGDT, dict(eps=eps, norm=norm, steps=10 if fast else 33,
-                                           n_target_classes=1 if fast else 3)),
+            ("FlowAPGD-T", FlowAPGDT, dict(eps=eps, norm=norm, n_target_classes=1 if fast else APGD_T_RUNS[0],
+                                           restarts=1 if fast else APGD_T_RUNS[1],
+                                           steps=10 if fast else APGD_T_RUNS[2])),
         ]
     if norm == "Linf":
         members.append(("StAdv", StAdv, dict(bound=eps, steps=20 if fast else 100, lr=max(eps / 5, 1e-3))))

@@ -181,7 +181,7 @@ def evaluate_robustness(
         >>> images, labels = torch.rand(8, 1, 8, 8), torch.randint(0, 4, (8,))
         >>> report = evaluate_robustness(model, images, labels, eps=0.5, attacks="fast")
         >>> print(report)
-        Flow robustness: 8 examples, Linf eps = 0.5 px, attacks run independently
+        Flow robustness: 8 examples, Linf eps = 0.5 px, FlowAutoAttack 'fast', attacks run independently
           clean         ...%
           FlowAPGD-CE   ...% (... s)
           FlowAPGD-T    ...% (... s)
@@ -249,6 +249,7 @@ def evaluate_robustness(
                     acc.add_independent(model, names, members, x, y, bar)
                 bar.set_postfix_str(f"worst-case robust {100 * acc.running_robust():.1f}% of {acc.seen()}")
     report = acc.report(eps, norm, cascade, seed)
+    report.suite = attacks if isinstance(attacks, str) else "custom"
     logger.info("evaluate_robustness: %d examples, %s eps %g px: clean %.2f%%, worst case %.2f%%", report.n,
                 report.norm, report.eps, 100 * report.clean_accuracy, 100 * report.worst_case_accuracy)
     logger.debug("evaluate_robustness: %s", report.to_dict())

@@ -29,6 +29,11 @@ WORST = "worst"
 _CLASSES_SHOWN = 10
 
 
+def _suite(version: str) -> str:
+    """The header's words for the suite that ran: ``"FlowAutoAttack 'standard', "``, or nothing for custom attacks."""
+    return "" if version == "custom" else f"FlowAutoAttack {version!r}, "
+
+
 @dataclass
 class RobustnessReport:
     """What :func:`evaluate_robustness` found. Accuracies are fractions of all ``n`` examples.
@@ -51,6 +56,9 @@ class RobustnessReport:
         queries: per flow attack, the mean number of images the model classified per attacked
             example (forwards, with or without a backward; for FlowES, its queries).
         eps, norm, cascade: the settings.
+        suite: the :class:`~torchattacks_deform.FlowAutoAttack` version whose members ran
+            (``"standard"``, ``"fast"``, ``"legacy"``), or ``"custom"`` for attacks the caller
+            built.
         attacked: per attack, the number of examples it ran on.
         labels: ``(N,)`` int64 labels on the CPU (what :attr:`per_class` counts), or None.
         seed: the seed of the attacks' randomness (``evaluate_robustness(seed=...)``), or None.
@@ -97,6 +105,7 @@ class RobustnessReport:
     attack_flows: dict[str, Tensor] = field(default_factory=dict, repr=False)
     pixel_adversarials: dict[str, Tensor] = field(default_factory=dict, repr=False)
     padding_modes: dict[str, str] = field(default_factory=dict, repr=False)
+    suite: str = "custom"
 
     @property
     def per_attack(self) -> str:
@@ -189,7 +198,7 @@ class RobustnessReport:
                else "attacks run independently")
         rows = [("clean", self.clean_accuracy), *self.robust_accuracy.items(), ("worst case", self.worst_case_accuracy)]
         width = max(len(name) for name, _ in rows)
-        lines = [f"Flow robustness: {self.n} examples, {self.norm} eps = {self.eps:g} px, {how}"]
+        lines = [f"Flow robustness: {self.n} examples, {self.norm} eps = {self.eps:g} px, {_suite(self.suite)}{how}"]
         for name, acc in rows:
             extra = f"  ({self.time_s[name]:.1f} s)" if name in self.time_s else ""
             lines.append(f"  {name:<{width}}  {100 * acc:5.1f}%{extra}")
@@ -205,6 +214,7 @@ class RobustnessReport:
         """
         return {
             "n": self.n, "eps": self.eps, "norm": self.norm, "cascade": self.cascade, "seed": self.seed,
+            "suite": self.suite,
             "per_attack": self.per_attack, "attacks": list(self.robust_accuracy),
             "clean_accuracy": self.clean_accuracy, "robust_accuracy": dict(self.robust_accuracy),
             "worst_case_accuracy": self.worst_case_accuracy,
@@ -231,7 +241,7 @@ class RobustnessCurve(Mapping[float, RobustnessReport]):
         >>> list(curve), curve[1.0].eps
         ([0.25, 1.0], 1.0)
         >>> print(curve)  # doctest: +ELLIPSIS
-        Flow robustness: 6 examples, Linf budgets in px, attacks run independently
+        Flow robustness: 6 examples, Linf budgets in px, FlowAutoAttack 'fast', attacks run independently
           eps   clean %  FlowAPGD-CE %  FlowAPGD-T %  StAdv %  FlowES %  worst case %
           0.25  ...
           1     ...
@@ -265,7 +275,7 @@ class RobustnessCurve(Mapping[float, RobustnessReport]):
                  *[f"{100 * r.robust_accuracy[a]:.1f}" if a in r.robust_accuracy else "-" for a in names],
                  f"{100 * r.worst_case_accuracy:.1f}"] for r in reports]
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-        lines = [f"Flow robustness: {first.n} examples, {first.norm} budgets in px, {how}",
+        lines = [f"Flow robustness: {first.n} examples, {first.norm} budgets in px, {_suite(first.suite)}{how}",
                  "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)

@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.flow_attacks import SPLITS, apgd_ce_name, attack_configs, select_configs
+from benchmarks.flow_attacks import (
+    SPLITS,
+    T_SPLITS,
+    apgd_ce_name,
+    apgd_t_name,
+    attack_configs,
+    select_configs,
+)
 from benchmarks.flow_attacks_report import (
     attacks_plot,
     checks,
     render,
     render_selection,
     selection_totals,
+    suite_counts,
 )
 
 CE = "FlowAPGD-CE 10x10"
@@ -64,6 +72,19 @@ def test_selection_takes_the_lowest_total_and_fewer_runs_on_ties() -> None:
 
 def test_configs_are_at_equal_queries() -> None:
     names = [c.name for c in attack_configs(0.5)]
-    assert names[:3] == [CE, "FlowAPGD-CE 1x100", "FlowAPGD-T"] and len(names) == len(set(names))
+    assert names[:3] == [CE, "FlowAPGD-CE 1x100", "FlowAPGD-T 3x33"] and len(names) == len(set(names))
     assert names[-2:] == ["FlowAutoAttack legacy", "FlowAutoAttack standard"]
-    assert [c.name for c in select_configs(0.5)] == [apgd_ce_name(r, s) for r, s in SPLITS]
+    assert [c.name for c in select_configs(0.5)] == [*(apgd_ce_name(r, s) for r, s in SPLITS),
+                                                     *(apgd_t_name(*t) for t in T_SPLITS), "StAdv"]
+
+
+def test_the_flowapgd_t_split_is_judged_inside_the_suite() -> None:
+    """An example counts as robust only if the chosen FlowAPGD-CE, the FlowAPGD-T split and StAdv all miss it."""
+    masks = {"FlowAPGD-CE 1x100": [1, 1, 1, 0], "FlowAPGD-T 3x33": [1, 1, 0, 1], "FlowAPGD-T 9x11": [0, 1, 1, 1],
+             "StAdv": [1, 0, 1, 1]}
+    rows = [{**_row("a", 0.5, a, sum(m)), "robust_mask": m} for a, m in masks.items()]
+    res = {"rows": rows, "standard_apgd_ce": CE, "standard_apgd_t": "FlowAPGD-T 3x33", "command": "c",
+           "git_revision": "r", "n": 4, "images": [200, 320], "machine": "m", "wall_s": 1.0}
+    assert suite_counts(res, "FlowAPGD-CE 1x100") == {("a", 0.5, "FlowAPGD-T 3x33"): 1, ("a", 0.5, "FlowAPGD-T 9x11"): 1}
+    text = render_selection(res)
+    assert "Chosen: **FlowAPGD-CE 1x100**" in text and "Chosen: **FlowAPGD-T 3x33**" in text  # a tie: the first
