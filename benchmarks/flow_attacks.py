@@ -29,7 +29,7 @@ StAdv; the lowest total is the one to use).
 
 Example:
     >>> [c.name for c in attack_configs(0.5)][:4]
-    ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T 3x33', 'FlowPGD-CE eps/20']
+    ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T 3x3x11', 'FlowPGD-CE eps/20']
 """
 
 from __future__ import annotations

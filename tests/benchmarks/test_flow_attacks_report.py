@@ -72,7 +72,7 @@ def test_selection_takes_the_lowest_total_and_fewer_runs_on_ties() -> None:
 
 def test_configs_are_at_equal_queries() -> None:
     names = [c.name for c in attack_configs(0.5)]
-    assert names[:3] == [CE, "FlowAPGD-CE 1x100", "FlowAPGD-T 3x33"] and len(names) == len(set(names))
+    assert names[:3] == [CE, "FlowAPGD-CE 1x100", "FlowAPGD-T 3x3x11"] and len(names) == len(set(names))
     assert names[-2:] == ["FlowAutoAttack legacy", "FlowAutoAttack standard"]
     assert [c.name for c in select_configs(0.5)] == [*(apgd_ce_name(r, s) for r, s in SPLITS),
                                                      *(apgd_t_name(*t) for t in T_SPLITS), "StAdv"]

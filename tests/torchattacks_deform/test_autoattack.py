@@ -163,7 +163,7 @@ class TestFlowAutoAttack:
         a, t, stadv, es = std.attacks
         # 100 steps per example as 10 runs of 10 (results/attacks/restarts.md)
         assert (type(a).__name__, a.loss, a.steps, a.restarts, a.eps) == ("FlowAPGD", "ce", 10, 10, 0.5)
-        assert (type(t).__name__, t.n_target_classes, t.steps, t.eps) == ("FlowAPGDT", 3, 33, 0.5)
+        assert (type(t).__name__, t.n_target_classes, t.restarts, t.steps, t.eps) == ("FlowAPGDT", 3, 3, 11, 0.5)
         assert stadv.bound == 0.5 and stadv.steps == 100 and (es.population, es.steps, es.eps) == (20, 100, 0.5)
         legacy = FlowAutoAttack(model, eps=0.5, version="legacy")
         assert legacy.names == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"]
