@@ -137,12 +137,13 @@ def _weight(spec: TrainSpec) -> float | None:
     return paper_weight(spec.defense, spec.lam, spec.lam_batch_size, int(DATASETS[spec.dataset]["size"]))
 
 
-def _train_one(spec: TrainSpec, inst: Instance, seed: int, cache: Path, device: str) -> dict[str, Any]:
-    """Train (or reuse) one instance on one seed; the record the report and the evaluation read."""
+def _train_one(spec: TrainSpec, inst: Instance, seed: int, cache: Path, device: str, which: str) -> dict[str, Any]:
+    """Train (or reuse) one instance on one seed (``which``: its place in the log, e.g. ``"model 3/13"``);
+    the record the report and the evaluation read."""
     res = train_from_spec(dataclasses.replace(spec, device=device), cache / f"seed{seed}" / file_slug(inst.name),
                           mode="auto")
     last = res.history[-1] if res.history else {}
-    logger.info("train %s seed %d: %s (%s)", inst.name, seed, res.checkpoint,
+    logger.info("train %s: %s seed %d: %s (%s)", which, inst.name, seed, res.checkpoint,
                 "cached" if res.cached else f"{res.wall_s:.0f}s")
     return {"seed": seed, "model": inst.name, "defense": inst.defense, "spec": spec.to_dict(),
             "weight": _weight(spec), "path": str(res.checkpoint), "train_s": res.train_s,
@@ -157,7 +158,7 @@ def _train_all(p: Preset, cache: Path, device: str, progress: bool) -> list[dict
     with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():  # log lines above the bar
         for k, ((seed, inst), spec) in enumerate(bar, 1):
             bar.set_postfix_str(f"model {k}/{len(jobs)}: {inst.name} seed {seed}")
-            trained.append(_train_one(spec, inst, seed, cache, device))
+            trained.append(_train_one(spec, inst, seed, cache, device, f"model {k}/{len(jobs)}"))
     bar.close()
     return trained
 
@@ -196,7 +197,7 @@ def _fill_in(p: Preset, opts: dict[str, Any], trained: list[dict[str, Any]], dat
                 if w is None:
                     break
                 inst = Instance(family, weight=w)
-                rec = {**_train_one(instance_spec(p, inst, seed), inst, seed, cache, device), "fill_in": True}
+                rec = {**_train_one(instance_spec(p, inst, seed), inst, seed, cache, device, "fill-in"), "fill_in": True}
                 logger.info("fill-in: %s seed %d at %.1f%% clean", inst.name, seed, 100 * clean(rec))
                 mine.append(rec)
                 added.append(rec)

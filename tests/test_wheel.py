@@ -98,7 +98,7 @@ def test_console_script_evaluates_a_user_pt_file(installed: dict[str, Path], tra
                 "--attacks", "fast", "--device", "cpu", "--no-progress"], installed)
     assert out.returncode == 0, out.stderr
     header = next(line for line in out.stdout.splitlines() if "clean %" in line)
-    assert "worst case %" in header and "FlowPGD" in header
+    assert "worst case %" in header and "FlowAPGD-CE" in header
     assert not (installed["work"] / "EVAL_PY_WAS_IMPORTED").exists()
     helped = _run([sys.executable, str(script), "--help"], installed)
     assert helped.returncode == 0 and "examples:" in helped.stdout

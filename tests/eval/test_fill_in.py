@@ -58,7 +58,8 @@ def test_the_loop_trains_midpoints_until_the_gaps_close(monkeypatch: pytest.Monk
     p = load_preset("tiny")
     trained_calls: list[tuple[str, int]] = []
 
-    def fake_train(spec: Any, inst: Any, seed: int, cache: Path, device: str) -> dict[str, Any]:
+    def fake_train(spec: Any, inst: Any, seed: int, cache: Path, device: str, which: str) -> dict[str, Any]:
+        assert which == "fill-in"
         trained_calls.append((inst.name, seed))
         return {"seed": seed, "model": inst.name, "defense": inst.defense, "weight": inst.weight,
                 "path": f"{inst.name}@{seed}", "cached": False}
