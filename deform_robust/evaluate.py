@@ -19,7 +19,7 @@ from torch import nn
 from fgr_defense.checkpoint import atomic_save
 from fgr_defense.device import resolve_device
 from torchattacks_deform import RobustnessReport, evaluate_robustness
-from torchattacks_deform.autoattack import VERSIONS, version_names
+from torchattacks_deform.autoattack import BUILT_IN, version_names
 
 from .data import load_test_data
 from .models import load_entry, source_config, weight_files
@@ -58,7 +58,7 @@ def write_output(path: str | Path, flag: str, write: Callable[[], object]) -> No
 
 
 def _attacks(name: str, model: nn.Module, eps: float) -> Any:
-    if name in VERSIONS[:3]:
+    if name in BUILT_IN:
         return name
     attacks = {}
     for family in (s.strip() for s in name.split(",") if s.strip()):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from .analysis import ACC_RESOLUTION
+
 __all__ = ["fill_in_options", "next_fill_weight"]
 
 
@@ -43,7 +45,7 @@ def next_fill_weight(points: Sequence[tuple[float, float]], max_gap: float, trai
     gaps = sorted(((hi[1] - lo[1], lo[0], hi[0]) for lo, hi in zip(ordered, ordered[1:])), reverse=True)
     have = {round(w / resolution) for w in trained}
     for gap, w_lo, w_hi in gaps:
-        if gap <= max_gap + 1e-6:  # eval.analysis.ACC_RESOLUTION: a gap of exactly max_gap meets it
+        if gap <= max_gap + ACC_RESOLUTION:  # as eval.analysis.meets_coverage: a gap of exactly max_gap meets it
             return None
         w = round((w_lo + w_hi) / 2 / resolution) * resolution
         if w > 0 and round(w / resolution) not in have:

@@ -19,12 +19,14 @@ from .pgd import FlowPGD
 from .stadv import StAdv
 from .validation import check_budget, check_choice
 
-__all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
+__all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "BUILT_IN", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
 
 logger = logging.getLogger(__name__)
 
+#: The built-in versions of :class:`FlowAutoAttack` (members chosen by :func:`version_members`).
+BUILT_IN = ("standard", "fast", "legacy")
 #: The versions of :class:`FlowAutoAttack`.
-VERSIONS = ("standard", "fast", "legacy", "custom")
+VERSIONS = (*BUILT_IN, "custom")
 
 
 def version_names() -> str:
@@ -34,7 +36,7 @@ def version_names() -> str:
         >>> version_names()
         "'standard', 'fast' or 'legacy'"
     """
-    names = [repr(v) for v in VERSIONS[:3]]
+    names = [repr(v) for v in BUILT_IN]
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
@@ -80,7 +82,7 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
         >>> [name for name, _, _ in version_members("legacy", 0.5)]
         ['FlowPGD-CE', 'FlowPGD-margin', 'StAdv', 'FlowES']
     """
-    check_choice(version, "version", VERSIONS[:3])
+    check_choice(version, "version", BUILT_IN)
     eps = float(check_budget(eps, "eps"))
     check_choice(norm, "norm", NORMS)
     fast = version == "fast"

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ._base import FlowAttack, check_model_dtype
 from ._compat import TorchattacksAttack
 from ._data import batches
-from .autoattack import VERSIONS, FlowAutoAttack, _member_names, version_members, version_names
+from .autoattack import BUILT_IN, FlowAutoAttack, _member_names, version_members, version_names
 from .engine import attack_batch, seeded
 from .flow import NORMS
 from .modes import preserve_modes
@@ -36,7 +36,7 @@ AttacksArg = Union[str, Sequence[FlowAttack], Mapping[str, FlowAttack]]
 def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool) -> tuple[list[str], list[Any]]:
     """Names and attack objects: FlowAttack instances, and (``cascade=False``) torchattacks' own."""
     if isinstance(attacks, str):
-        check_choice(attacks, "attacks", VERSIONS[:3])
+        check_choice(attacks, "attacks", BUILT_IN)
         specs = version_members(attacks, eps, norm)
         return [n for n, _, _ in specs], [cls(model, **kwargs) for _, cls, kwargs in specs]
     if isinstance(attacks, Mapping):
