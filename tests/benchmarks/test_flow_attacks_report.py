@@ -54,6 +54,11 @@ def test_checks_use_the_best_step_and_one_example_of_slack() -> None:
 def test_render_states_the_verdicts(tmp_path: Path) -> None:
     text = render(_result(ce=4, pgd=(5, 3), standard=3, legacy=3, queries=(100, 90)))
     assert "0 of 2 model x budget pairs (0%; required: 90%) -> **not met**" in text
+    # against the split FlowPGD-CE rows (robust 0) it is not met either: no flip to report
+    assert "flips with its reference" not in text
+    flipped = render(_result(ce=3, pgd=(4, 3), standard=3, legacy=3, queries=(100, 90)))
+    assert "-> **met**" in flipped and "**The first check's verdict flips with its reference**" in flipped
+    assert "it would read not met (0 of 2)" in flipped
     assert "at or below `legacy` within one example: 2 of 2 -> **met**" in text
     # the best-of-8 row takes the split runs too (robust 0 here)
     assert "| a | 40.0 | 50.0 | 50.0 | 50.0 | 30.0 | 0.0 | 40.0 | 30.0 | 30.0 | 30.0 | 0.0 |" in text
