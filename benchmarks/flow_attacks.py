@@ -27,6 +27,11 @@ count is the one to use), then FlowAPGD-T's 99 steps as 3 targets x 33, 9 x 11 o
 x 11, each judged inside the suite (examples robust to the chosen FlowAPGD-CE, FlowAPGD-T and
 StAdv; the lowest total is the one to use).
 
+``--noise-floor`` runs only the two FlowAutoAttack versions again on the comparison's models, budgets
+and images with other attack seeds (:data:`NOISE_SEEDS`; the comparison uses seed 0) and writes
+``OUT/noise.json``; the report then says how often a suite passes the second check against itself
+run with another seed (the check's noise floor).
+
 Example:
     >>> [c.name for c in attack_configs(0.5)][:4]
     ['FlowAPGD-CE 10x10', 'FlowAPGD-CE 1x100', 'FlowAPGD-T 3x3x11', 'FlowPGD-CE eps/20']
@@ -44,7 +49,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "run", "select_configs"]
+__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "run", "select_configs",
+           "suite_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,8 @@ SPLITS = ((1, 100), (2, 50), (4, 25), (5, 20), (10, 10))
 T_SPLITS = ((3, 1, 33), (9, 1, 11), (3, 3, 11))
 #: The held-out test images of --select-restarts (the comparison uses the first --n).
 HELD_OUT = (200, 320)
+#: The attack seeds of --noise-floor (the comparison runs every attack at seed 0).
+NOISE_SEEDS = (1,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +142,11 @@ def select_configs(eps: float) -> list[AttackConfig]:
             AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3)))]
 
 
+def suite_configs(eps: float) -> list[AttackConfig]:
+    """The attacks of ``--noise-floor`` at ``eps``: FlowAutoAttack ``"legacy"`` and ``"standard"``."""
+    return [c for c in attack_configs(eps) if c.name.startswith("FlowAutoAttack ")]
+
+
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     from deform_robust import train_from_spec
@@ -155,9 +168,9 @@ def _models(out: Path, device: str) -> list[tuple[str, Any]]:
 
 
 def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, device: str = "cpu",
-        progress: bool = True, select: bool = False) -> dict[str, Any]:
+        progress: bool = True, select: bool = False, noise: bool = False) -> dict[str, Any]:
     """Train (or reuse) the models, run every attack, write ``results.json`` (``restarts.json``
-    with ``select``); returns its dict."""
+    with ``select``, ``noise.json`` with ``noise``: the suites at :data:`NOISE_SEEDS`); returns its dict."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     import torch
     from tqdm import tqdm
@@ -176,7 +189,8 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
     else:
         data = load_test_data("mnist5k", n=n)
         x, y = data.images.to(device), data.labels.to(device)
-    configs = select_configs if select else attack_configs
+    configs = select_configs if select else suite_configs if noise else attack_configs
+    seeds = NOISE_SEEDS if noise else (0,)
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
@@ -184,10 +198,10 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         xs, ys = x[correct], y[correct]
-        for cfg in configs(eps):
-            bar.set_postfix_str(f"{name} {eps:g} px {cfg.name}")
+        for cfg, seed in ((c, s) for c in configs(eps) for s in seeds):
+            bar.set_postfix_str(f"{name} {eps:g} px {cfg.name}" + (f" seed {seed}" if noise else ""))
             atk = cfg.build(model)
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             start = time.perf_counter()
             adv = atk(xs, ys)
             seconds = time.perf_counter() - start
@@ -197,7 +211,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
             queries = atk.query_count + sum(m.query_count for m in getattr(atk, "attacks", []))  # a suite's members
             rows.append({"model": name, "eps": eps, "attack": cfg.name, "n": int(len(y)),
                          "clean": int(correct.sum()), "robust": robust, "robust_acc": robust / len(y),
-                         "time_s": seconds, "queries": int(queries),
+                         "time_s": seconds, "queries": int(queries), **({"seed": seed} if noise else {}),
                          **({"robust_mask": still.int().tolist()} if select else {})})
             logger.debug("%s", rows[-1])
     bar.close()
@@ -209,13 +223,26 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
               "images": list(HELD_OUT) if select else [0, int(len(y))], "device": device,
               "machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)",
               "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "rows": rows}
-    (out / ("restarts.json" if select else "results.json")).write_text(json.dumps(result, indent=1) + "\n")
+    (out / ("restarts.json" if select else "noise.json" if noise else "results.json")).write_text(
+        json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _write_report(out: Path) -> None:
+    """``report.md`` and ``attacks.png`` from ``results.json`` (with ``noise.json`` where there is one)."""
+    # the report draws with matplotlib: imported when the benchmark runs, so that --help stays fast
+    from .flow_attacks_report import attacks_plot, render
+
+    result = json.loads((out / "results.json").read_text())
+    noise = json.loads((out / "noise.json").read_text()) if (out / "noise.json").is_file() else None
+    (out / "report.md").write_text(render(result, noise) + "\n")
+    attacks_plot(result, out / "attacks.png")
+    logger.info("wrote %s and %s", out / "report.md", out / "attacks.png")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # the report draws with matplotlib: imported when the benchmark runs, so that --help stays fast
-    from .flow_attacks_report import attacks_plot, render, render_selection
+    from .flow_attacks_report import render_selection
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.flow_attacks", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/attacks", help="output folder (models cached in OUT/cache)")
@@ -225,29 +252,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--select-restarts", action="store_true",
                    help=f"choose the runs of FlowAPGD-CE and FlowAPGD-T on held-out images {HELD_OUT[0]}-"
                         f"{HELD_OUT[1] - 1} (OUT/restarts.json, OUT/restarts.md; about 6 minutes)")
+    p.add_argument("--noise-floor", action="store_true",
+                   help=f"run only the two FlowAutoAttack versions again at attack seed(s) "
+                        f"{', '.join(map(str, NOISE_SEEDS))} (OUT/noise.json; report.md re-rendered with it; "
+                        f"about 16 minutes)")
     p.add_argument("--render", action="store_true", help="only re-render the report(s) from OUT's json files")
     args = p.parse_args(argv)
+    if args.select_restarts and args.noise_floor:
+        p.error("--select-restarts and --noise-floor: expected at most one of them, got both")
     if args.n < 1:
         p.error(f"--n: expected a positive integer, got {args.n}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     if args.render:
-        for stem, draw in (("results", render), ("restarts", render_selection)):
-            if (out / f"{stem}.json").is_file():
-                result = json.loads((out / f"{stem}.json").read_text())
-                (out / ("report.md" if stem == "results" else "restarts.md")).write_text(draw(result) + "\n")
-                if stem == "results":
-                    attacks_plot(result, out / "attacks.png")
+        if (out / "restarts.json").is_file():
+            (out / "restarts.md").write_text(render_selection(json.loads((out / "restarts.json").read_text())) + "\n")
+        if (out / "results.json").is_file():
+            _write_report(out)
         logger.info("re-rendered %s", out)
         return 0
-    result = run(out, n=args.n, device=args.device, progress=not args.no_progress, select=args.select_restarts)
+    if not args.select_restarts and not args.noise_floor and (out / "noise.json").is_file():
+        (out / "noise.json").unlink()  # it re-ran the suites of the comparison this run replaces
+        logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")
+    if args.noise_floor:
+        if not (out / "results.json").is_file():
+            p.error(f"--noise-floor: expected the comparison's {out / 'results.json'} (run without --noise-floor "
+                    f"first), got no such file")
+        n = json.loads((out / "results.json").read_text())["n"]
+        if n != args.n:
+            p.error(f"--n: expected the comparison's {n} images for --noise-floor, got {args.n}")
+    result = run(out, n=args.n, device=args.device, progress=not args.no_progress, select=args.select_restarts,
+                 noise=args.noise_floor)
     if args.select_restarts:
         (out / "restarts.md").write_text(render_selection(result) + "\n")
         logger.info("wrote %s", out / "restarts.md")
     else:
-        (out / "report.md").write_text(render(result) + "\n")
-        attacks_plot(result, out / "attacks.png")
-        logger.info("wrote %s and %s", out / "report.md", out / "attacks.png")
+        _write_report(out)
     return 0
 
 

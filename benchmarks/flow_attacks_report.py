@@ -12,6 +12,10 @@ The checks (issue 17):
 2. FlowAutoAttack ``"standard"`` at or below ``"legacy"`` within one example on every pair;
 3. ... at no more model queries on every pair (the wall time is reported beside it).
 
+With ``noise.json`` (``--noise-floor``: both suites again at other attack seeds) the report adds the
+second check's noise floor: how often a suite passes the check against itself run with another
+seed, and the check at each seed and on the mean over the seeds.
+
 Example:
     >>> rows = [dict(model="m", eps=0.5, attack=a, n=10, clean=9, robust=r, robust_acc=r / 10, time_s=1.0,
     ...              queries=100) for a, r in [("FlowAPGD-CE 10x10", 3), ("FlowPGD-CE eps/8", 4),
@@ -27,7 +31,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["attacks_plot", "checks", "render", "render_selection", "selection_totals", "suite_counts"]
+__all__ = ["attacks_plot", "checks", "noise_floor", "render", "render_selection", "selection_totals", "suite_counts"]
 
 BEST = "FlowPGD-CE, best step"
 BEST8 = "FlowPGD-CE, best of 8"
@@ -85,8 +89,72 @@ def _verdict(ok: bool) -> str:
     return f"**{'met' if ok else 'not met'}**"
 
 
-def render(result: Mapping[str, Any]) -> str:
-    """The Markdown report of :func:`benchmarks.flow_attacks.run`'s dict."""
+def noise_floor(result: Mapping[str, Any], noise: Mapping[str, Any]) -> dict[str, Any]:
+    """Robust counts of both suites per ``(model, budget)`` and seed (0 from ``result``), and the
+    second check's pass counts: each suite against itself at another seed (both ways), standard
+    against legacy at each seed and on the mean over the seeds."""
+    cell, models, budgets, _ = _cells(result)
+    runs = {(m, eps, s): {a: int(cell[(m, eps, a)]["robust"]) for a in (LEGACY, STANDARD)}
+            for m in models for eps in budgets for s in (0,)}
+    for r in noise["rows"]:
+        runs.setdefault((r["model"], r["eps"], int(r["seed"])), {})[r["attack"]] = int(r["robust"])
+    seeds = sorted({k[2] for k in runs})
+    pairs = [(m, eps) for eps in budgets for m in models]
+    counts = {(m, eps): {a: [runs[(m, eps, s)][a] for s in seeds] for a in (LEGACY, STANDARD)} for m, eps in pairs}
+
+    def within(new: float, old: float) -> bool:
+        return new <= old + 1
+
+    passes: dict[str, int] = {}
+    for a in (LEGACY, STANDARD):
+        passes[f"{a}: another seed vs seed 0"] = sum(within(c[a][k], c[a][0]) for c in counts.values()
+                                                     for k in range(1, len(seeds)))
+        passes[f"{a}: seed 0 vs another seed"] = sum(within(c[a][0], c[a][k]) for c in counts.values()
+                                                     for k in range(1, len(seeds)))
+    for k, s in enumerate(seeds):
+        passes[f"standard vs legacy at seed {s}"] = sum(within(c[STANDARD][k], c[LEGACY][k]) for c in counts.values())
+    passes["standard vs legacy, mean over the seeds"] = sum(
+        within(statistics.fmean(c[STANDARD]), statistics.fmean(c[LEGACY])) for c in counts.values())
+    return {"seeds": seeds, "pairs": pairs, "counts": counts, "passes": passes,
+            "comparisons": len(pairs) * (len(seeds) - 1)}
+
+
+def _noise_lines(result: Mapping[str, Any], noise: Mapping[str, Any]) -> list[str]:
+    f = noise_floor(result, noise)
+    k = len(f["pairs"])
+    lines = ["## The second check's noise floor", "",
+             f"Both suites again at attack seed(s) {', '.join(str(s) for s in f['seeds'][1:])} (`{noise['command']}` "
+             f"at revision `{noise['git_revision']}`, {noise['wall_s']:.0f} s); seed 0 is the comparison above. "
+             f"Robust counts of {result['n']} images, seeds {', '.join(map(str, f['seeds']))}:", "",
+             "| model | budget | legacy | standard |", "|---|---|---|---|"]
+    for m, eps in f["pairs"]:
+        c = f["counts"][(m, eps)]
+        lines.append(f"| {m} | {eps:g} | {', '.join(map(str, c[LEGACY]))} | {', '.join(map(str, c[STANDARD]))} |")
+    lines += ["", "The second check's test (the first at or below the second plus one example), model x budget pairs "
+              "that pass:", ""]
+    for name, n_pass in f["passes"].items():
+        of = f["comparisons"] if "another seed" in name else k
+        lines.append(f"- {name}: {n_pass} of {of}")
+
+    def legacy_noise(c: Mapping[str, list[int]]) -> float:
+        return statistics.fmean(c[LEGACY][1:]) - c[LEGACY][0]
+
+    def gap(c: Mapping[str, list[int]]) -> float:
+        return statistics.fmean(c[STANDARD]) - statistics.fmean(c[LEGACY])
+
+    for label, diff in (("legacy at another seed - legacy at seed 0", legacy_noise),
+                        ("standard - legacy, mean over the seeds", gap)):
+        for eps in result["budgets"]:
+            diffs = [100 * diff(f["counts"][(m, e)]) / result["n"] for m, e in f["pairs"] if e == eps]
+            mean, lo, hi = _t_interval(diffs)
+            lines.append(f"- {label} at {eps:g} px: {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points (mean [95% CI] over "
+                         f"the models)")
+    lines.append("")
+    return lines
+
+
+def render(result: Mapping[str, Any], noise: Mapping[str, Any] | None = None) -> str:
+    """The Markdown report of :func:`benchmarks.flow_attacks.run`'s dict (and of ``noise.json``'s)."""
     cell, models, budgets, attacks = _cells(result)
     ce = result["standard_apgd_ce"]
     n = result["n"]
@@ -162,6 +230,8 @@ def render(result: Mapping[str, Any]) -> str:
                   f"{'met' if wins(ce, BEST8) >= 0.9 * k else 'not met'} ({wins(ce, BEST8)} of {k}). It is no verdict "
                   f"on APGD's step-size rule itself: what separates {ce} from FlowPGD-CE at its best step is the "
                   f"split into restarts.", ""]
+    if noise is not None:
+        lines += _noise_lines(result, noise)
     return "\n".join(lines)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from benchmarks.flow_attacks import (
     SPLITS,
@@ -11,11 +14,14 @@ from benchmarks.flow_attacks import (
     apgd_ce_name,
     apgd_t_name,
     attack_configs,
+    main,
     select_configs,
+    suite_configs,
 )
 from benchmarks.flow_attacks_report import (
     attacks_plot,
     checks,
+    noise_floor,
     render,
     render_selection,
     selection_totals,
@@ -93,3 +99,40 @@ def test_the_flowapgd_t_split_is_judged_inside_the_suite() -> None:
     assert suite_counts(res, "FlowAPGD-CE 1x100") == {("a", 0.5, "FlowAPGD-T 3x33"): 1, ("a", 0.5, "FlowAPGD-T 9x11"): 1}
     text = render_selection(res)
     assert "Chosen: **FlowAPGD-CE 1x100**" in text and "Chosen: **FlowAPGD-T 3x33**" in text  # a tie: the first
+
+
+def test_the_noise_floor_counts_each_suite_against_itself() -> None:
+    # seed 0: legacy 2, standard 3 on both models; seed 1: model a legacy 5 / standard 4, model b legacy 2 / standard 2
+    result = _result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(100, 90))
+    noise = {"command": "c", "git_revision": "r", "wall_s": 1.0,
+             "rows": [_row("a", 0.5, "FlowAutoAttack legacy", 5) | {"seed": 1},
+                      _row("a", 0.5, "FlowAutoAttack standard", 4) | {"seed": 1},
+                      _row("b", 0.5, "FlowAutoAttack legacy", 2) | {"seed": 1},
+                      _row("b", 0.5, "FlowAutoAttack standard", 2) | {"seed": 1}]}
+    f = noise_floor(result, noise)
+    assert f["seeds"] == [0, 1] and f["counts"][("a", 0.5)] == {"FlowAutoAttack legacy": [2, 5],
+                                                                  "FlowAutoAttack standard": [3, 4]}
+    p = f["passes"]
+    # legacy a: 5 <= 2 + 1 fails, b: 2 <= 3 passes; the other way 2 <= 6 and 2 <= 3 pass
+    assert p["FlowAutoAttack legacy: another seed vs seed 0"] == 1
+    assert p["FlowAutoAttack legacy: seed 0 vs another seed"] == 2
+    # standard a: 4 <= 4 passes, b: 2 <= 4; the other way 3 <= 5, 3 <= 3
+    assert p["FlowAutoAttack standard: another seed vs seed 0"] == 2
+    assert p["standard vs legacy at seed 0"] == 2 and p["standard vs legacy at seed 1"] == 2
+    # means: a 3.5 vs 3.5, b 2.5 vs 2.0: both within one example
+    assert p["standard vs legacy, mean over the seeds"] == 2
+    text = render(result, noise)
+    assert "## The second check's noise floor" in text and "| a | 0.5 | 2, 5 | 3, 4 |" in text
+    assert "- FlowAutoAttack legacy: another seed vs seed 0: 1 of 2" in text
+    assert "noise floor" not in render(result)
+
+
+def test_noise_floor_needs_the_comparison_and_its_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert [c.name for c in suite_configs(0.5)] == ["FlowAutoAttack legacy", "FlowAutoAttack standard"]
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--noise-floor"])
+    assert "--noise-floor: expected the comparison's" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text(json.dumps({"n": 120}))
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--noise-floor", "--n", "60"])
+    assert "--n: expected the comparison's 120 images for --noise-floor, got 60" in capsys.readouterr().err
