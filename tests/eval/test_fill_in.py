@@ -53,6 +53,15 @@ def test_preset_error_names_the_key(tmp_path: Path) -> None:
         load_preset(str(path))
 
 
+def test_mnist5k_fills_in_and_its_fixed_grid_children_do_not() -> None:
+    p = load_preset("mnist5k")
+    assert fill_in_options(p.training, p.analysis, p.source) == {
+        "max_gap": 0.02, "max_extra": 2, "resolution": 0.1, "families": ["IGR", "FGR", "FGR+RS"]}
+    for name in ("demo", "tiny"):  # a fixed grid by design (and minutes): fill_in: false overrides the parent's
+        child = load_preset(name)
+        assert fill_in_options(child.training, child.analysis, child.source) is None
+
+
 def test_the_loop_trains_midpoints_until_the_gaps_close(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clean accuracy falls 1 point per unit of weight from 96%: weights 2 and 6 leave gaps of 2 and 4 points."""
     p = load_preset("tiny")
