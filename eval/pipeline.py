@@ -117,6 +117,11 @@ def describe(p: Preset) -> str:
                      else f"  {inst.name:<24} {spec.defense}")
     first = train_specs(p)[(p.main_seed, p.instances[0])]
     lines.append(f"schedule (every instance): {first.training_schedule()}; grad_clip {first.grad_clip}")
+    fill = fill_in_options(p.training, p.analysis, p.source)
+    if fill is not None:
+        lines.append(f"fill-in (per seed, after the grid; eval/fill_in.py): up to {fill['max_extra']} more weight(s) of "
+                     f"{', '.join(fill['families'])} while a gap between neighbouring clean accuracies exceeds "
+                     f"{100 * fill['max_gap']:g} points")
     for s in p.seeds[1:]:
         lines.append(f"seed {s}: {', '.join(i.name for i in p.instances_for(s))}")
     cells = 0
