@@ -111,7 +111,7 @@ def _apgd_t(eps: float, targets: int, runs: int, steps: int) -> AttackConfig:
 def attack_configs(eps: float) -> list[AttackConfig]:
     """The attacks compared at budget ``eps`` (module docstring)."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from torchattacks_deform import FlowAutoAttack, FlowES, FlowPGD, StAdv
+    from torchattacks_deform import FlowES, FlowPGD, StAdv
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
     steps, runs = APGD_CE_RUNS
@@ -127,10 +127,8 @@ def attack_configs(eps: float) -> list[AttackConfig]:
                                                          restarts=4)),
         AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3))),
         AttackConfig("FlowES", lambda m: FlowES(m, eps=eps, population=10, steps=30)),
-        AttackConfig("FlowAutoAttack legacy", lambda m: FlowAutoAttack(m, eps=eps, version="legacy")),
-        AttackConfig("FlowAutoAttack standard", lambda m: FlowAutoAttack(m, eps=eps, version="standard")),
     ]
-    return configs
+    return configs + suite_configs(eps)
 
 
 def select_configs(eps: float) -> list[AttackConfig]:
@@ -142,9 +140,16 @@ def select_configs(eps: float) -> list[AttackConfig]:
             AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3)))]
 
 
-def suite_configs(eps: float) -> list[AttackConfig]:
-    """The attacks of ``--noise-floor`` at ``eps``: FlowAutoAttack ``"legacy"`` and ``"standard"``."""
-    return [c for c in attack_configs(eps) if c.name.startswith("FlowAutoAttack ")]
+def suite_configs(eps: float, seed: int = 0) -> list[AttackConfig]:
+    """The attacks of ``--noise-floor`` at ``eps``: FlowAutoAttack ``"legacy"`` and ``"standard"``, the
+    latter's FlowAPGD members seeded with ``seed`` (the other members draw from the global RNG, which
+    :func:`run` seeds with it)."""
+    # torch and the attacks: imported when the benchmark runs, so that --help stays fast
+    from torchattacks_deform import FlowAutoAttack
+
+    return [AttackConfig("FlowAutoAttack legacy", lambda m: FlowAutoAttack(m, eps=eps, version="legacy")),
+            AttackConfig("FlowAutoAttack standard", lambda m: FlowAutoAttack(m, eps=eps, version="standard",
+                                                                             seed=seed))]
 
 
 def _models(out: Path, device: str) -> list[tuple[str, Any]]:
@@ -189,8 +194,11 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
     else:
         data = load_test_data("mnist5k", n=n)
         x, y = data.images.to(device), data.labels.to(device)
-    configs = select_configs if select else suite_configs if noise else attack_configs
-    seeds = NOISE_SEEDS if noise else (0,)
+    def configs(eps: float) -> list[tuple[AttackConfig, int]]:
+        if noise:
+            return [(c, s) for s in NOISE_SEEDS for c in suite_configs(eps, s)]
+        return [(c, 0) for c in (select_configs if select else attack_configs)(eps)]
+
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
@@ -198,7 +206,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         xs, ys = x[correct], y[correct]
-        for cfg, seed in ((c, s) for c in configs(eps) for s in seeds):
+        for cfg, seed in configs(eps):
             bar.set_postfix_str(f"{name} {eps:g} px {cfg.name}" + (f" seed {seed}" if noise else ""))
             atk = cfg.build(model)
             torch.manual_seed(seed)
@@ -216,7 +224,8 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
             logger.debug("%s", rows[-1])
     bar.close()
     argv = " ".join(["python -m benchmarks.flow_attacks", *sys.argv[1:]]) if __name__ == "__main__" else None
-    result = {"format": "deform-robust-flow-attacks/2", "command": argv or "benchmarks.flow_attacks.run",
+    result = {"format": "deform-robust-flow-attacks-noise/1" if noise else "deform-robust-flow-attacks/2",
+              "command": argv or "benchmarks.flow_attacks.run", **({"seeds": list(NOISE_SEEDS)} if noise else {}),
               "standard_apgd_ce": apgd_ce_name(APGD_CE_RUNS[1], APGD_CE_RUNS[0]),
               "standard_apgd_t": apgd_t_name(*APGD_T_RUNS),
               "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
@@ -225,6 +234,9 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
               "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "rows": rows}
     (out / ("restarts.json" if select else "noise.json" if noise else "results.json")).write_text(
         json.dumps(result, indent=1) + "\n")
+    if not (select or noise) and (out / "noise.json").is_file():
+        (out / "noise.json").unlink()  # it re-ran the suites of the comparison just replaced
+        logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")
     return result
 
 
@@ -258,8 +270,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"about 16 minutes)")
     p.add_argument("--render", action="store_true", help="only re-render the report(s) from OUT's json files")
     args = p.parse_args(argv)
-    if args.select_restarts and args.noise_floor:
-        p.error("--select-restarts and --noise-floor: expected at most one of them, got both")
+    modes = [f for f, on in (("--select-restarts", args.select_restarts), ("--noise-floor", args.noise_floor),
+                             ("--render", args.render)) if on]
+    if len(modes) > 1:
+        p.error(f"{' and '.join(modes)}: expected at most one of them, got {len(modes)}")
     if args.n < 1:
         p.error(f"--n: expected a positive integer, got {args.n}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -271,9 +285,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _write_report(out)
         logger.info("re-rendered %s", out)
         return 0
-    if not args.select_restarts and not args.noise_floor and (out / "noise.json").is_file():
-        (out / "noise.json").unlink()  # it re-ran the suites of the comparison this run replaces
-        logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")
     if args.noise_floor:
         if not (out / "results.json").is_file():
             p.error(f"--noise-floor: expected the comparison's {out / 'results.json'} (run without --noise-floor "

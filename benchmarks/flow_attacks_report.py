@@ -94,12 +94,17 @@ def noise_floor(result: Mapping[str, Any], noise: Mapping[str, Any]) -> dict[str
     second check's pass counts: each suite against itself at another seed (both ways), standard
     against legacy at each seed and on the mean over the seeds."""
     cell, models, budgets, _ = _cells(result)
-    runs = {(m, eps, s): {a: int(cell[(m, eps, a)]["robust"]) for a in (LEGACY, STANDARD)}
-            for m in models for eps in budgets for s in (0,)}
+    pairs = [(m, eps) for eps in budgets for m in models]
+    theirs = sorted({(r["model"], r["eps"]) for r in noise["rows"]})
+    if noise.get("n") != result["n"] or theirs != sorted(pairs):
+        raise ValueError(f"noise.json: expected the n ({result['n']}) and the {len(pairs)} model x budget pairs of "
+                         f"results.json, got n {noise.get('n')} and {len(theirs)} pairs (run --noise-floor again)")
+    runs = {(m, eps, 0): {a: int(cell[(m, eps, a)]["robust"]) for a in (LEGACY, STANDARD)} for m, eps in pairs}
     for r in noise["rows"]:
+        if int(r["seed"]) == 0:
+            raise ValueError("noise.json: expected attack seeds other than the comparison's 0, got seed 0")
         runs.setdefault((r["model"], r["eps"], int(r["seed"])), {})[r["attack"]] = int(r["robust"])
     seeds = sorted({k[2] for k in runs})
-    pairs = [(m, eps) for eps in budgets for m in models]
     counts = {(m, eps): {a: [runs[(m, eps, s)][a] for s in seeds] for a in (LEGACY, STANDARD)} for m, eps in pairs}
 
     def within(new: float, old: float) -> bool:
@@ -136,19 +141,19 @@ def _noise_lines(result: Mapping[str, Any], noise: Mapping[str, Any]) -> list[st
         of = f["comparisons"] if "another seed" in name else k
         lines.append(f"- {name}: {n_pass} of {of}")
 
-    def legacy_noise(c: Mapping[str, list[int]]) -> float:
-        return statistics.fmean(c[LEGACY][1:]) - c[LEGACY][0]
-
-    def gap(c: Mapping[str, list[int]]) -> float:
-        return statistics.fmean(c[STANDARD]) - statistics.fmean(c[LEGACY])
-
-    for label, diff in (("legacy at another seed - legacy at seed 0", legacy_noise),
-                        ("standard - legacy, mean over the seeds", gap)):
+    lines += ["", "Differences in robust examples per model x budget pair (seed 0 against the other seeds for a "
+              "suite against itself):", "", "| difference | budget | mean | mean absolute | largest absolute |",
+              "|---|---|---|---|---|"]
+    diffs: list[tuple[str, Any]] = [
+        (f"{a.split()[-1]} at another seed - at seed 0", lambda c, a=a: [x - c[a][0] for x in c[a][1:]])
+        for a in (LEGACY, STANDARD)]
+    diffs.append(("standard - legacy, mean over the seeds",
+                  lambda c: [statistics.fmean(c[STANDARD]) - statistics.fmean(c[LEGACY])]))
+    for label, diff in diffs:
         for eps in result["budgets"]:
-            diffs = [100 * diff(f["counts"][(m, e)]) / result["n"] for m, e in f["pairs"] if e == eps]
-            mean, lo, hi = _t_interval(diffs)
-            lines.append(f"- {label} at {eps:g} px: {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points (mean [95% CI] over "
-                         f"the models)")
+            d = [x for m, e in f["pairs"] if e == eps for x in diff(f["counts"][(m, e)])]
+            lines.append(f"| {label} | {eps:g} | {statistics.fmean(d):+.2f} | {statistics.fmean(map(abs, d)):.2f} | "
+                         f"{max(map(abs, d)):g} |")
     lines.append("")
     return lines
 

@@ -119,9 +119,9 @@ def describe(p: Preset) -> str:
     lines.append(f"schedule (every instance): {first.training_schedule()}; grad_clip {first.grad_clip}")
     fill = fill_in_options(p.training, p.analysis, p.source)
     if fill is not None:
-        lines.append(f"fill-in (per seed, after the grid; eval/fill_in.py): up to {fill['max_extra']} more weight(s) of "
-                     f"{', '.join(fill['families'])} while a gap between neighbouring clean accuracies exceeds "
-                     f"{100 * fill['max_gap']:g} points")
+        lines.append(f"fill-in (after the grid; eval/fill_in.py): up to {fill['max_extra']} more weight(s) per family "
+                     f"and seed, of {', '.join(fill['families'])} where the family has models, while a gap between "
+                     f"neighbouring clean accuracies exceeds {100 * fill['max_gap']:g} points")
     for s in p.seeds[1:]:
         lines.append(f"seed {s}: {', '.join(i.name for i in p.instances_for(s))}")
     cells = 0
@@ -238,9 +238,10 @@ def run_pipeline(p: Preset, out: str | Path, device: str = "auto", progress: boo
     if revision.endswith("+dirty"):  # say it now, not after the run: committed results need a clean tree
         logger.warning("%s: the checkout has changes outside %s (git status); the report will say %s. For results "
                        "to commit, run from a clean commit and keep logs outside the checkout", p.name, out, revision)
-    logger.info("%s: %d training run(s) over seeds %s on %s -> %s", p.name, sum(len(p.instances_for(s)) for s in p.seeds),
-                list(p.seeds), dev, out)
     fill = fill_in_options(p.training, p.analysis, p.source)
+    logger.info("%s: %d training run(s)%s over seeds %s on %s -> %s", p.name,
+                sum(len(p.instances_for(s)) for s in p.seeds), " and the fill-in's" if fill else "", list(p.seeds), dev,
+                out)
     trained = _train_all(p, cache / "train", str(dev), progress)
     d = eval_config(p, p.main_seed, _models(p, trained, p.main_seed), str(dev)).data
     data = load_test_data(d.dataset, d.root, d.n, d.pipeline)  # the preset's one data section: loaded once

@@ -17,7 +17,7 @@ from .es import FlowES
 from .flow import NORMS
 from .pgd import FlowPGD
 from .stadv import StAdv
-from .validation import check_budget, check_choice
+from .validation import check_budget, check_choice, check_number
 
 __all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "BUILT_IN", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
 
@@ -48,8 +48,12 @@ APGD_CE_RUNS = (10, 10)
 APGD_T_RUNS = (3, 3, 11)
 
 
-def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[str, Any, dict[str, Any]]]:
+def version_members(version: str, eps: float, norm: str = "Linf",
+                    seed: Optional[int] = 0) -> list[tuple[str, Any, dict[str, Any]]]:
     """The members ``(name, class, constructor kwargs)`` of a :class:`FlowAutoAttack` version.
+
+    ``seed`` seeds the random starts of the FlowAPGD members (their own generator, as
+    AutoAttack seeds APGD; None: the global RNG). The other members draw from the global RNG.
 
     ``"standard"`` (AutoAttack's recipe on flows: no step size to tune):
 
@@ -85,6 +89,7 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
     check_choice(version, "version", BUILT_IN)
     eps = float(check_budget(eps, "eps"))
     check_choice(norm, "norm", NORMS)
+    check_number(seed, "seed", integer=True, minimum=0, allow_none=True)
     fast = version == "fast"
     members: list[tuple[str, Any, dict[str, Any]]]  # (name, FlowAttack subclass, kwargs)
     if version == "legacy":
@@ -96,10 +101,10 @@ def version_members(version: str, eps: float, norm: str = "Linf") -> list[tuple[
     else:
         steps, restarts = (10, 2) if fast else APGD_CE_RUNS
         members = [
-            ("FlowAPGD-CE", FlowAPGD, dict(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="ce")),
+            ("FlowAPGD-CE", FlowAPGD, dict(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="ce", seed=seed)),
             ("FlowAPGD-T", FlowAPGDT, dict(eps=eps, norm=norm, n_target_classes=1 if fast else APGD_T_RUNS[0],
                                            restarts=1 if fast else APGD_T_RUNS[1],
-                                           steps=10 if fast else APGD_T_RUNS[2])),
+                                           steps=10 if fast else APGD_T_RUNS[2], seed=seed)),
         ]
     if norm == "Linf":
         members.append(("StAdv", StAdv, dict(bound=eps, steps=20 if fast else 100, lr=max(eps / 5, 1e-3))))
@@ -149,6 +154,8 @@ class FlowAutoAttack(FlowAttack):
             on ``model``, in default (untargeted) mode, run in this order.
         padding_mode: how the built-in members' :func:`~torchattacks_deform.warp` reads
             outside the image.
+        seed: seed of the built-in FlowAPGD members' random starts (their own generator;
+            None: the global RNG; see :func:`version_members`). Default: 0.
 
     Attributes:
         attacks: the member attacks, in cascade order; ``names`` their names.
@@ -187,6 +194,7 @@ class FlowAutoAttack(FlowAttack):
         version: str = "standard",
         attacks: Optional[Sequence[FlowAttack]] = None,
         padding_mode: str = "border",
+        seed: Optional[int] = 0,
     ) -> None:
         eps = float(check_budget(eps, "eps"))
         check_choice(norm, "norm", NORMS)
@@ -199,10 +207,10 @@ class FlowAutoAttack(FlowAttack):
         else:
             if attacks is not None:
                 raise ValueError(f"attacks: only used with version='custom', got version={version!r}")
-            specs = version_members(version, eps, norm)
+            specs = version_members(version, eps, norm, seed)
             members = [cls(model, padding_mode=padding_mode, **kwargs) for _, cls, kwargs in specs]
             names = [name for name, _, _ in specs]
-        self.eps, self.norm, self.version = eps, norm, version
+        self.eps, self.norm, self.version, self.seed = eps, norm, version, seed
         self.attacks = members  # torchattacks registers them: its set_* methods reach them too
         self.names = names
         self.last_report: list[dict[str, Any]] = []

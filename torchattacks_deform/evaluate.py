@@ -33,11 +33,11 @@ logger = logging.getLogger(__name__)
 
 AttacksArg = Union[str, Sequence[FlowAttack], Mapping[str, FlowAttack]]
 
-def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool) -> tuple[list[str], list[Any]]:
+def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool, seed: Any) -> tuple[list[str], list[Any]]:
     """Names and attack objects: FlowAttack instances, and (``cascade=False``) torchattacks' own."""
     if isinstance(attacks, str):
         check_choice(attacks, "attacks", BUILT_IN)
-        specs = version_members(attacks, eps, norm)
+        specs = version_members(attacks, eps, norm, 0 if seed is None else seed)  # FlowAPGD's own generator
         return [n for n, _, _ in specs], [cls(model, **kwargs) for _, cls, kwargs in specs]
     if isinstance(attacks, Mapping):
         names, members = [str(k) for k in attacks], list(attacks.values())
@@ -163,7 +163,8 @@ def evaluate_robustness(
             noise, a shuffling DataLoader) on the CPU and the CUDA device used, so that two
             calls with the same seed give the same results; the caller's random state is left
             as it was. With a list of budgets each budget starts from ``seed``. None (default):
-            the global generators are used (and advanced), as by any torch code.
+            the global generators are used (and advanced), as by any torch code. A version
+            name's FlowAPGD members draw from their own generator, seeded with ``seed`` (None: 0).
 
     Returns:
         A :class:`RobustnessReport` (a :class:`RobustnessCurve` for a list of budgets);
@@ -228,7 +229,7 @@ def evaluate_robustness(
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
-    names, members = _build(model, attacks, eps, norm, cascade)
+    names, members = _build(model, attacks, eps, norm, cascade, seed)
     data, n_batches = batches(images, labels, batch_size)
     suite = None
     if cascade:

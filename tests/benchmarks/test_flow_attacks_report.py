@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from benchmarks.flow_attacks import (
     SPLITS,
@@ -104,7 +105,7 @@ def test_the_flowapgd_t_split_is_judged_inside_the_suite() -> None:
 def test_the_noise_floor_counts_each_suite_against_itself() -> None:
     # seed 0: legacy 2, standard 3 on both models; seed 1: model a legacy 5 / standard 4, model b legacy 2 / standard 2
     result = _result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(100, 90))
-    noise = {"command": "c", "git_revision": "r", "wall_s": 1.0,
+    noise = {"command": "c", "git_revision": "r", "wall_s": 1.0, "n": 10,
              "rows": [_row("a", 0.5, "FlowAutoAttack legacy", 5) | {"seed": 1},
                       _row("a", 0.5, "FlowAutoAttack standard", 4) | {"seed": 1},
                       _row("b", 0.5, "FlowAutoAttack legacy", 2) | {"seed": 1},
@@ -125,10 +126,18 @@ def test_the_noise_floor_counts_each_suite_against_itself() -> None:
     assert "## The second check's noise floor" in text and "| a | 0.5 | 2, 5 | 3, 4 |" in text
     assert "- FlowAutoAttack legacy: another seed vs seed 0: 1 of 2" in text
     assert "noise floor" not in render(result)
+    # legacy at seed 1 - seed 0: +3 (a), 0 (b): mean +1.50, mean absolute 1.50, largest 3
+    assert "| legacy at another seed - at seed 0 | 0.5 | +1.50 | 1.50 | 3 |" in text
+    with pytest.raises(ValueError, match=r"^noise.json: expected the n \(10\) and the 2 model x budget pairs"):
+        noise_floor(result, {**noise, "rows": noise["rows"][:2]})
+    with pytest.raises(ValueError, match=r"^noise.json: expected attack seeds other than the comparison's 0"):
+        noise_floor(result, {**noise, "rows": [r | {"seed": 0} for r in noise["rows"]]})
 
 
 def test_noise_floor_needs_the_comparison_and_its_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [c.name for c in suite_configs(0.5)] == ["FlowAutoAttack legacy", "FlowAutoAttack standard"]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert [c.build(model).seed for c in suite_configs(0.5, 3)] == [0, 3]  # legacy: no FlowAPGD member
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--noise-floor"])
     assert "--noise-floor: expected the comparison's" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from torchattacks_deform import FlowAutoAttack, FlowES, FlowFGSM, FlowPGD, StAdv, warp
 from torchattacks_deform.autoattack import version_members
+from torchattacks_deform.evaluate import _build
 
 
 class Counting(nn.Module):
@@ -178,6 +179,16 @@ class TestFlowAutoAttack:
         assert [n for n, _, _ in version_members("fast", 1.0)] == std.names
         with pytest.raises(ValueError, match=r"^version: expected one of \('standard', 'fast', 'legacy', 'custom'\)"):
             FlowAutoAttack(model, version="apgd")
+
+    def test_seed_reaches_the_flowapgd_members(self, model: nn.Module) -> None:
+        for version in ("standard", "fast"):
+            assert [m.seed for m in FlowAutoAttack(model, version=version).attacks[:2]] == [0, 0]  # AutoAttack's
+            assert [m.seed for m in FlowAutoAttack(model, version=version, seed=7).attacks[:2]] == [7, 7]
+            assert [kw["seed"] for _, _, kw in version_members(version, 0.5, seed=None)[:2]] == [None, None]
+            assert [m.seed for m in _build(model, version, 0.5, "Linf", True, 3)[1][:2]] == [3, 3]
+            assert [m.seed for m in _build(model, version, 0.5, "Linf", True, None)[1][:2]] == [0, 0]
+        with pytest.raises(ValueError, match=r"^seed: expected"):
+            FlowAutoAttack(model, seed=-1)
 
     def test_errors(self, model: nn.Module) -> None:
         other = copy.deepcopy(model)
