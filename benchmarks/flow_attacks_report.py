@@ -140,6 +140,16 @@ def _noise_lines(result: Mapping[str, Any], noise: Mapping[str, Any]) -> list[st
     for name, n_pass in f["passes"].items():
         of = f["comparisons"] if "another seed" in name else k
         lines.append(f"- {name}: {n_pass} of {of}")
+    at_seed = {s: f["passes"][f"standard vs legacy at seed {s}"] == k for s in f["seeds"]}
+    selfs = min(v for name, v in f["passes"].items() if "another seed" in name)
+    if len(set(at_seed.values())) > 1:
+        lines += ["", f"**The second check's verdict flips with the attack seed** (met at seed(s) "
+                      f"{', '.join(str(s) for s, ok in at_seed.items() if ok)}, not met at "
+                      f"{', '.join(str(s) for s, ok in at_seed.items() if not ok)}): it is no verdict."]
+    if selfs < f["comparisons"]:
+        lines += ["", f"A suite fails the check's test against itself at another seed on up to "
+                      f"{f['comparisons'] - selfs} of {f['comparisons']} pairs: one example of slack is below the "
+                      f"seed-to-seed noise of {result['n']} images."]
 
     lines += ["", "Differences in robust examples per model x budget pair (seed 0 against the other seeds for a "
               "suite against itself):", "", "| difference | budget | mean | mean absolute | largest absolute |",

@@ -125,6 +125,11 @@ def test_the_noise_floor_counts_each_suite_against_itself() -> None:
     text = render(result, noise)
     assert "## The second check's noise floor" in text and "| a | 0.5 | 2, 5 | 3, 4 |" in text
     assert "- FlowAutoAttack legacy: another seed vs seed 0: 1 of 2" in text
+    assert "flips with the attack seed" not in text  # standard within one example of legacy at both seeds
+    assert "A suite fails the check's test against itself at another seed on up to 1 of 2 pairs" in text
+    flipped = {**noise, "rows": [r | {"robust": 9} if r["attack"].endswith("standard") else r for r in noise["rows"]]}
+    assert "**The second check's verdict flips with the attack seed** (met at seed(s) 0, not met at 1)" in render(
+        result, flipped)
     assert "noise floor" not in render(result)
     # legacy at seed 1 - seed 0: +3 (a), 0 (b): mean +1.50, mean absolute 1.50, largest 3
     assert "| legacy at another seed - at seed 0 | 0.5 | +1.50 | 1.50 | 3 |" in text
