@@ -12,7 +12,10 @@ are listed in the report.
 
 Preset keys (``training.fill_in``): ``max_gap`` (fraction, default: ``analysis.coverage.max_gap``),
 ``max_extra`` (models per family and seed, default 3), ``resolution`` (weights are rounded to
-it, default 0.1), ``families`` (default: ``analysis.families``).
+it, default 0.1), ``families`` (default: ``analysis.families``), ``subdivide`` (default false:
+when the neighbours' mean weight is already trained, as on a stretch where clean accuracy is not
+monotone in the weight, train the midpoint of the widest untried stretch between trained weights
+inside the gap's weight interval instead of moving on).
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ __all__ = ["fill_in_options", "next_fill_weight"]
 
 
 def next_fill_weight(points: Sequence[tuple[float, float]], max_gap: float, trained: Sequence[float],
-                     resolution: float = 0.1) -> Optional[float]:
+                     resolution: float = 0.1, subdivide: bool = False) -> Optional[float]:
     """The weight to train next for one family and seed, or None when no gap is over ``max_gap``.
 
     ``points`` are ``(weight, clean accuracy)`` of the family's models and the zero-weight model
     (weight 0). Sorted by clean accuracy, the gaps between neighbours over ``max_gap`` are taken
     largest first; the first whose neighbours' mean weight (rounded to ``resolution``) is not in
-    ``trained`` is the answer.
+    ``trained`` is the answer. With ``subdivide``, a gap whose mean weight is trained gives the
+    midpoint of the widest stretch between consecutive trained weights inside its weight interval
+    (the first untried one, widest first).
 
     Example:
         >>> pts = [(0, 0.963), (15, 0.951), (21, 0.950), (27, 0.924), (30, 0.920)]
@@ -40,6 +45,9 @@ def next_fill_weight(points: Sequence[tuple[float, float]], max_gap: float, trai
         24.0
         >>> next_fill_weight(pts + [(24, 0.940)], 0.02, [15, 21, 24, 27, 30]) is None
         True
+        >>> pts = [(0, 0.925), (35, 0.911), (36, 0.915), (37, 0.888)]  # 36 is trained: 35.5 or 36.5
+        >>> next_fill_weight(pts, 0.02, [35, 36, 37]) is None, next_fill_weight(pts, 0.02, [35, 36, 37], subdivide=True)
+        (True, 35.5)
     """
     ordered = sorted(points, key=lambda p: p[1])
     gaps = sorted(((hi[1] - lo[1], lo[0], hi[0]) for lo, hi in zip(ordered, ordered[1:])), reverse=True)
@@ -50,6 +58,13 @@ def next_fill_weight(points: Sequence[tuple[float, float]], max_gap: float, trai
         w = round((w_lo + w_hi) / 2 / resolution) * resolution
         if w > 0 and round(w / resolution) not in have:
             return float(round(w, 10))
+        if subdivide:
+            lo, hi = min(w_lo, w_hi), max(w_lo, w_hi)
+            cuts = sorted({lo, hi, *(t for t in trained if lo < t < hi)})
+            for a, b in sorted(zip(cuts, cuts[1:]), key=lambda ab: ab[1] - ab[0], reverse=True):
+                w = round((a + b) / 2 / resolution) * resolution
+                if w > 0 and round(w / resolution) not in have:
+                    return float(round(w, 10))
     return None
 
 
@@ -60,12 +75,15 @@ def fill_in_options(training: Mapping[str, Any], analysis: Mapping[str, Any], so
         return None
     if raw is True:
         raw = {}
-    if not isinstance(raw, Mapping) or set(raw) - {"max_gap", "max_extra", "resolution", "families"}:
+    if not isinstance(raw, Mapping) or set(raw) - {"max_gap", "max_extra", "resolution", "families", "subdivide"}:
         raise ValueError(f"{source}: training.fill_in: expected true or a mapping with keys max_gap, max_extra, "
-                         f"resolution, families, got {raw!r}")
+                         f"resolution, families, subdivide, got {raw!r}")
     opts = {"max_gap": raw.get("max_gap", (analysis.get("coverage") or {}).get("max_gap")),
             "max_extra": raw.get("max_extra", 3), "resolution": raw.get("resolution", 0.1),
-            "families": list(raw.get("families", analysis.get("families") or []))}
+            "families": list(raw.get("families", analysis.get("families") or [])),
+            "subdivide": raw.get("subdivide", False)}
+    if not isinstance(opts["subdivide"], bool):
+        raise ValueError(f"{source}: training.fill_in.subdivide: expected true or false, got {opts['subdivide']!r}")
     for key, lo, hi in (("max_gap", 0.0, 1.0), ("resolution", 0.0, math.inf)):
         v = opts[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v < hi:

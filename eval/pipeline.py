@@ -198,7 +198,7 @@ def _fill_in(p: Preset, opts: dict[str, Any], trained: list[dict[str, Any]], dat
             mine = [t for t in trained if t["seed"] == seed and t["defense"] == family and t["weight"] is not None]
             for _ in range(opts["max_extra"] if mine else 0):
                 w = next_fill_weight(zeros + [(t["weight"], clean(t)) for t in mine], opts["max_gap"],
-                                     [t["weight"] for t in mine], opts["resolution"])
+                                     [t["weight"] for t in mine], opts["resolution"], opts["subdivide"])
                 if w is None:
                     break
                 inst = Instance(family, weight=w)

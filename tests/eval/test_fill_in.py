@@ -32,15 +32,33 @@ def test_non_monotone_neighbours_and_rounding() -> None:
     assert next_fill_weight([(0, 0.96), (0.1, 0.93)], 0.02, [0.1], resolution=0.1) is None
 
 
+def test_subdivide_samples_untried_weights_inside_a_non_monotone_gap() -> None:
+    # mnist5k FGR seed 0 (results/mnist5k at b3a160e): the 2.3-point gap is between w=35 (91.1%) and w=37
+    # (88.8%); their mean 36 is trained (91.5%), so the rule as run stops
+    pts = [(0, 0.963), (17, 0.958), (23, 0.952), (26, 0.942), (29, 0.933), (33, 0.924), (34, 0.927), (35, 0.911),
+           (36, 0.915), (37, 0.888), (40, 0.883)]
+    trained = [17, 23, 26, 29, 33, 34, 35, 36, 37, 40]
+    assert next_fill_weight(pts, 0.02, trained) is None
+    assert next_fill_weight(pts, 0.02, trained, subdivide=True) == 35.5  # two stretches of 1: the first
+    assert next_fill_weight(pts, 0.02, [*trained, 35.5], subdivide=True) == 36.5
+    # FGR seed 3: gap 37 (86.7%) - 41 (89.0%); 39 and 40 trained inside: the widest stretch is 37-39
+    pts = [(0, 0.925), (37, 0.867), (39, 0.911), (40, 0.897), (41, 0.890), (42, 0.866)]
+    assert next_fill_weight(pts, 0.02, [37, 39, 40, 41, 42]) is None
+    assert next_fill_weight(pts, 0.02, [37, 39, 40, 41, 42], subdivide=True) == 38.0
+    # a gap whose mean is untried behaves as without subdivide
+    assert next_fill_weight([(0, 0.96), (2, 0.93)], 0.02, [2], subdivide=True) == 1.0
+
+
 def test_options_defaults_and_errors() -> None:
     analysis = {"families": ["IGR", "FGR"], "coverage": {"min_drop": 0.06, "max_gap": 0.02}}
     assert fill_in_options({}, analysis, "p") is None
     assert fill_in_options({"fill_in": True}, analysis, "p") == {"max_gap": 0.02, "max_extra": 3, "resolution": 0.1,
-                                                                 "families": ["IGR", "FGR"]}
+                                                                 "families": ["IGR", "FGR"], "subdivide": False}
     bad = [({"gap": 1}, r"^p: training.fill_in: expected true or a mapping"),
            ({"max_gap": 2}, r"^p: training.fill_in.max_gap: expected a number in \(0, 1\), got 2"),
            ({"max_extra": 0}, r"^p: training.fill_in.max_extra: expected an int >= 1, got 0"),
-           ({"families": []}, r"^p: training.fill_in.families: expected the families to fill")]
+           ({"families": []}, r"^p: training.fill_in.families: expected the families to fill"),
+           ({"subdivide": "yes"}, r"^p: training.fill_in.subdivide: expected true or false, got 'yes'")]
     for raw, message in bad:
         with pytest.raises(ValueError, match=message):
             fill_in_options({"fill_in": raw}, analysis, "p")
@@ -56,7 +74,7 @@ def test_preset_error_names_the_key(tmp_path: Path) -> None:
 def test_mnist5k_fills_in_and_its_fixed_grid_children_do_not() -> None:
     p = load_preset("mnist5k")
     assert fill_in_options(p.training, p.analysis, p.source) == {
-        "max_gap": 0.02, "max_extra": 2, "resolution": 0.1, "families": ["IGR", "FGR", "FGR+RS"]}
+        "max_gap": 0.02, "max_extra": 2, "resolution": 0.1, "families": ["IGR", "FGR", "FGR+RS"], "subdivide": False}
     assert "fill-in (after the grid; eval/fill_in.py): up to 2 more weight(s) per family and seed, of IGR, FGR, " \
            "FGR+RS where the family has models, while a gap between neighbouring clean accuracies exceeds 2 points" \
            in pipeline.describe(p)
@@ -86,7 +104,7 @@ def test_the_loop_trains_midpoints_until_the_gaps_close(monkeypatch: pytest.Monk
     grid = [{"seed": s, "model": n, "defense": d, "weight": w, "path": f"{n}@{s}"}
             for s in (0, 1) for n, d, w in [("Standard", "Standard", None), ("FGR(w=2)", "FGR", 2.0),
                                             ("FGR(w=6)", "FGR", 6.0)]]
-    opts = {"max_gap": 0.02, "max_extra": 3, "resolution": 0.1, "families": ["FGR", "IGR"]}
+    opts = {"max_gap": 0.02, "max_extra": 3, "resolution": 0.1, "families": ["FGR", "IGR"], "subdivide": False}
     added = pipeline._fill_in(p, opts, grid, data=None, cache=Path("unused"), device="cpu")  # type: ignore[arg-type]
     # per seed: the 4-point gap 2 -> 6 gets 4; then 2 -> 4 and 4 -> 6 are 2 points: done (IGR has no models)
     assert [(t["model"], t["seed"]) for t in added] == [("FGR(w=4)", 0), ("FGR(w=4)", 1)] == trained_calls
