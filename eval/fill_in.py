@@ -55,16 +55,15 @@ def next_fill_weight(points: Sequence[tuple[float, float]], max_gap: float, trai
     for gap, w_lo, w_hi in gaps:
         if gap <= max_gap + ACC_RESOLUTION:  # as eval.analysis.meets_coverage: a gap of exactly max_gap meets it
             return None
-        w = round((w_lo + w_hi) / 2 / resolution) * resolution
-        if w > 0 and round(w / resolution) not in have:
-            return float(round(w, 10))
+        stretches = [(w_lo, w_hi)]  # the neighbours' mean first; then, with subdivide, inside the gap widest first
         if subdivide:
             lo, hi = min(w_lo, w_hi), max(w_lo, w_hi)
             cuts = sorted({lo, hi, *(t for t in trained if lo < t < hi)})
-            for a, b in sorted(zip(cuts, cuts[1:]), key=lambda ab: ab[1] - ab[0], reverse=True):
-                w = round((a + b) / 2 / resolution) * resolution
-                if w > 0 and round(w / resolution) not in have:
-                    return float(round(w, 10))
+            stretches += sorted(zip(cuts, cuts[1:]), key=lambda ab: ab[1] - ab[0], reverse=True)
+        for a, b in stretches:
+            w = round((a + b) / 2 / resolution) * resolution
+            if w > 0 and round(w / resolution) not in have:
+                return float(round(w, 10))
     return None
 
 

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 AttacksArg = Union[str, Sequence[FlowAttack], Mapping[str, FlowAttack]]
 
-def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool, seed: Any) -> tuple[list[str], list[Any]]:
+def _build(model: nn.Module, attacks: Any, eps: float, norm: str, cascade: bool,
+           seed: Optional[int]) -> tuple[list[str], list[Any]]:
     """Names and attack objects: FlowAttack instances, and (``cascade=False``) torchattacks' own."""
     if isinstance(attacks, str):
         check_choice(attacks, "attacks", BUILT_IN)
