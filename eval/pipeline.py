@@ -121,7 +121,8 @@ def describe(p: Preset) -> str:
     if fill is not None:
         lines.append(f"fill-in (after the grid; eval/fill_in.py): up to {fill['max_extra']} more weight(s) per family "
                      f"and seed, of {', '.join(fill['families'])} where the family has models, while a gap between "
-                     f"neighbouring clean accuracies exceeds {100 * fill['max_gap']:g} points")
+                     f"neighbouring clean accuracies exceeds {100 * fill['max_gap']:g} points"
+                     + ("; a gap whose neighbours' mean weight is trained is subdivided" if fill["subdivide"] else ""))
     for s in p.seeds[1:]:
         lines.append(f"seed {s}: {', '.join(i.name for i in p.instances_for(s))}")
     cells = 0
