@@ -113,15 +113,15 @@ def test_the_noise_floor_counts_each_suite_against_itself() -> None:
     f = noise_floor(result, noise)
     assert f["seeds"] == [0, 1] and f["counts"][("a", 0.5)] == {"FlowAutoAttack legacy": [2, 5],
                                                                   "FlowAutoAttack standard": [3, 4]}
-    p = f["passes"]
+    p = f["self"]
     # legacy a: 5 <= 2 + 1 fails, b: 2 <= 3 passes; the other way 2 <= 6 and 2 <= 3 pass
-    assert p["FlowAutoAttack legacy: another seed vs seed 0"] == 1
-    assert p["FlowAutoAttack legacy: seed 0 vs another seed"] == 2
+    assert p["FlowAutoAttack legacy: another seed vs seed 0"] == (1, 2)
+    assert p["FlowAutoAttack legacy: seed 0 vs another seed"] == (2, 2)
     # standard a: 4 <= 4 passes, b: 2 <= 4; the other way 3 <= 5, 3 <= 3
-    assert p["FlowAutoAttack standard: another seed vs seed 0"] == 2
-    assert p["standard vs legacy at seed 0"] == 2 and p["standard vs legacy at seed 1"] == 2
+    assert p["FlowAutoAttack standard: another seed vs seed 0"] == (2, 2)
+    assert f["at_seed"] == {0: 2, 1: 2}
     # means: a 3.5 vs 3.5, b 2.5 vs 2.0: both within one example
-    assert p["standard vs legacy, mean over the seeds"] == 2
+    assert f["on_mean"] == 2
     text = render(result, noise)
     assert "## The second check's noise floor" in text and "| a | 0.5 | 2, 5 | 3, 4 |" in text
     assert "- FlowAutoAttack legacy: another seed vs seed 0: 1 of 2" in text
