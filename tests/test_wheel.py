@@ -57,6 +57,9 @@ def test_wheel_contents(installed: dict[str, Path]) -> None:
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("deform_robust-")}
     assert tops == {"torchattacks_deform", "fgr_defense", "deform_robust"}  # no top-level eval or benchmarks
+    # every module of the three packages, subpackages included (deform_robust/training was once left out)
+    sources = {p.relative_to(ROOT).as_posix() for top in sorted(tops) for p in (ROOT / top).rglob("*.py")}
+    assert sources and sources <= set(names), sorted(sources - set(names))
     for data in ("deform_robust/zoo.yaml", "deform_robust/py.typed", "fgr_defense/py.typed",
                  "torchattacks_deform/py.typed"):
         assert data in names
@@ -73,7 +76,8 @@ def test_readme_three_lines_run_from_the_wheel(installed: dict[str, Path]) -> No
     assert len(lines) == 3
     setup = ("import torch, torchattacks_deform, fgr_defense, deform_robust\n"
              "from fgr_defense import SmallCNN, load_mnist5k\n"
-             "for m in (torchattacks_deform, fgr_defense, deform_robust):\n"
+             "import deform_robust.training, deform_robust.cli\n"
+             "for m in (torchattacks_deform, fgr_defense, deform_robust, deform_robust.training, deform_robust.cli):\n"
              "    assert m.__file__.startswith({!r}), m.__file__\n"
              "torch.manual_seed(0)\n"
              "model = SmallCNN(width=8).eval()\n"
