@@ -69,6 +69,9 @@ def test_render_states_the_verdicts(tmp_path: Path) -> None:
     assert "at or below `legacy` within one example: 2 of 2 -> **met**" in text
     # the best-of-8 row takes the split runs too (robust 0 here)
     assert "| a | 40.0 | 50.0 | 50.0 | 50.0 | 30.0 | 0.0 | 40.0 | 30.0 | 30.0 | 30.0 | 0.0 |" in text
+    # cost: fewer queries (90 vs 100) and less time (1 s vs 2 s) on every pair and in total: no flip
+    assert "model queries 180 vs 200 (ratio 0.900), wall time 2 s vs 4 s -> **met**" in text
+    assert "flips with its reading" not in text
     assert attacks_plot(_result(3, (4, 3), 3, 2, (1, 1)), tmp_path / "a.png") == str(tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 0
 
@@ -150,3 +153,21 @@ def test_noise_floor_needs_the_comparison_and_its_images(tmp_path: Path, capsys:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--noise-floor", "--n", "60"])
     assert "--n: expected the comparison's 120 images for --noise-floor, got 60" in capsys.readouterr().err
+
+
+def test_render_says_when_the_cost_verdict_flips_with_its_reading() -> None:
+    result = _result(ce=3, pgd=(4, 3), standard=3, legacy=3, queries=(100, 90))
+    for r in result["rows"]:  # standard: 200 queries on model a, 10 on b; legacy 100 on each
+        if r["attack"] == "FlowAutoAttack standard":
+            r["queries"] = 200 if r["model"] == "a" else 10
+    text = render(result)
+    assert "at no more model queries: 1 of 2 -> **not met**" in text
+    assert "model queries 210 vs 200 (ratio 1.050)" in text and "-> **not met**" in text
+    assert "flips with its reading" not in text  # both readings: not met
+    for r in result["rows"]:
+        if r["attack"] == "FlowAutoAttack standard" and r["model"] == "b":
+            r["queries"] = 0
+    text = render(result)
+    assert "model queries 200 vs 200 (ratio 1.000), wall time 2 s vs 4 s -> **met**" in text
+    assert ("**The cost part of the second check flips with its reading**: per pair it reads not met, in total "
+            "over the pairs met. It is no verdict.") in text
