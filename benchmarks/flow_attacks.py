@@ -19,6 +19,14 @@ MNIST-5k test images, it runs
 and writes ``OUT/results.json``, ``OUT/report.md`` and ``OUT/attacks.png``
 (:mod:`benchmarks.flow_attacks_report`).
 
+Every mode holds ``OUT/.lock`` and writes each finished model x budget pair's rows to
+``OUT/.<json name>.partial.json`` at once (atomically): run the same command again after a crash
+and the finished pairs are reused (a pair's rows, times included, always come from one process),
+provided the code, models, images, attacks, machine and torch are the same
+(:func:`resume_key`); otherwise the partial file is discarded with a warning. It is removed
+once the json is written; a resumed run says so (``"resumed"``; ``wall_s`` sums the runs'
+finished work).
+
 ``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE and
 FlowAPGD-T runs (``OUT/restarts.json`` and ``OUT/restarts.md``) on held-out images (test images
 200-319, which the comparison above does not use) of the same models and budgets: FlowAPGD-CE
@@ -41,16 +49,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "run", "select_configs",
-           "suite_configs"]
+from fgr_defense.files import OutputLock, atomic_write_text  # torch-free: --help stays fast
+
+__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "resume_key", "run",
+           "select_configs", "suite_configs"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +184,67 @@ def _models(out: Path, device: str) -> list[tuple[str, Any]]:
     return models
 
 
+def resume_key(kind: str, images: Sequence[int], budgets: Sequence[float], device: str, machine: str,
+               models: Sequence[tuple[str, Any]], attacks: dict[str, list[str]]) -> dict[str, Any]:
+    """What a partial file's rows depend on: a resumed run reuses them only under the same key.
+
+    ``kind`` names the json (``results``, ``restarts`` or ``noise``), ``images`` the test images'
+    range, ``models`` the ``(name, module)`` pairs (their weights are hashed), ``attacks`` each
+    budget's attack names (with their seeds); the code is fingerprinted
+    (:func:`eval.provenance.code_fingerprint` and this benchmark's own source), and torch's version.
+
+    Example:
+        >>> import torch
+        >>> m = [("m", torch.nn.Linear(2, 2))]
+        >>> k = resume_key("results", [0, 4], [0.5], "cpu", "x86_64", m, {"0.5": ["FlowES@0"]})
+        >>> k == resume_key("results", [0, 4], [0.5], "cpu", "x86_64", m, {"0.5": ["FlowES@0"]})
+        True
+    """
+    # torch and the harness: imported when the benchmark runs, so that --help stays fast
+    import torch
+
+    from deform_robust.models import state_dict_sha256
+    from eval.provenance import code_fingerprint
+
+    code = code_fingerprint() + ":" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return {"kind": kind, "images": list(images), "budgets": list(budgets), "device": device, "machine": machine,
+            "torch": torch.__version__, "code": code, "models": {name: state_dict_sha256(m) for name, m in models},
+            "attacks": attacks}
+
+
+def _resume(path: Path, key: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """The finished pairs' rows and the seconds they took, from a partial file made under ``key``."""
+    if not path.is_file():
+        return {}, 0.0
+    try:
+        saved = json.loads(path.read_text())
+        done, elapsed = saved["done"], float(saved["elapsed_s"])
+        same = saved["key"] == key and isinstance(done, dict)
+    except (OSError, ValueError, KeyError, TypeError):
+        warnings.warn(f"{path}: unreadable partial results; starting over", stacklevel=3)
+        return {}, 0.0
+    if not same:
+        changed = sorted(k for k in key if saved["key"].get(k) != key[k])
+        warnings.warn(f"{path}: made under another {', '.join(changed) or 'format'}; starting over", stacklevel=3)
+        return {}, 0.0
+    logger.info("resuming from %s: %d finished model x budget pair(s)", path, len(done))
+    return done, elapsed
+
+
 def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, device: str = "cpu",
         progress: bool = True, select: bool = False, noise: bool = False) -> dict[str, Any]:
     """Train (or reuse) the models, run every attack, write ``results.json`` (``restarts.json``
-    with ``select``, ``noise.json`` with ``noise``: the suites at :data:`NOISE_SEEDS`); returns its dict."""
+    with ``select``, ``noise.json`` with ``noise``: the suites at :data:`NOISE_SEEDS`); returns its dict.
+
+    Holds ``out/.lock``; resumes the finished pairs of a crashed run (module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):
+        return _run(out, n, budgets, device, progress, select, noise)
+
+
+def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: bool, select: bool,
+         noise: bool) -> dict[str, Any]:
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
     import torch
     from tqdm import tqdm
@@ -184,8 +253,6 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
     from deform_robust.provenance import git_revision
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     models = _models(out, device)
     if select:
@@ -199,10 +266,22 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
             return [(c, s) for s in NOISE_SEEDS for c in suite_configs(eps, s)]
         return [(c, 0) for c in (select_configs if select else attack_configs)(eps)]
 
+    kind = "restarts" if select else "noise" if noise else "results"
+    machine = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)"
+    images = list(HELD_OUT) if select else [0, int(len(y))]
+    key = resume_key(kind, images, budgets, device, machine, models,
+                     {f"{eps:g}": [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
+    partial = out / f".{kind}.partial.json"
+    done, elapsed = _resume(partial, key)
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
     for name, model, eps in bar:
+        pair = f"{name} @ {eps:g}"
+        if pair in done:
+            rows += done[pair]
+            continue
+        first = len(rows)
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         xs, ys = x[correct], y[correct]
@@ -222,6 +301,9 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
                          "time_s": seconds, "queries": int(queries), **({"seed": seed} if noise else {}),
                          **({"robust_mask": still.int().tolist()} if select else {})})
             logger.debug("%s", rows[-1])
+        done[pair] = rows[first:]
+        atomic_write_text(partial, json.dumps({"key": key, "done": done,
+                                               "elapsed_s": elapsed + time.perf_counter() - t0}))
     bar.close()
     argv = " ".join(["python -m benchmarks.flow_attacks", *sys.argv[1:]]) if __name__ == "__main__" else None
     result = {"format": "deform-robust-flow-attacks-noise/1" if noise else "deform-robust-flow-attacks/2",
@@ -229,11 +311,10 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
               "standard_apgd_ce": apgd_ce_name(APGD_CE_RUNS[1], APGD_CE_RUNS[0]),
               "standard_apgd_t": apgd_t_name(*APGD_T_RUNS),
               "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
-              "images": list(HELD_OUT) if select else [0, int(len(y))], "device": device,
-              "machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)",
-              "torch": torch.__version__, "wall_s": time.perf_counter() - t0, "rows": rows}
-    (out / ("restarts.json" if select else "noise.json" if noise else "results.json")).write_text(
-        json.dumps(result, indent=1) + "\n")
+              "images": images, "device": device, "machine": machine, "torch": torch.__version__,
+              "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "rows": rows}
+    atomic_write_text(out / f"{kind}.json", json.dumps(result, indent=1) + "\n")
+    partial.unlink()
     if not (select or noise) and (out / "noise.json").is_file():
         (out / "noise.json").unlink()  # it re-ran the suites of the comparison just replaced
         logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")

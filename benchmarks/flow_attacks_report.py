@@ -87,6 +87,11 @@ def _t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return float(s["mean"]), float(lo), float(hi)
 
 
+def _resumed(result: Mapping[str, Any]) -> str:
+    """The note on a run resumed after a crash (its pairs each measured within one process)."""
+    return " (resumed after an interruption: the finished work of the runs)" if result.get("resumed") else ""
+
+
 def _verdict(ok: bool) -> str:
     return f"**{'met' if ok else 'not met'}**"
 
@@ -132,7 +137,7 @@ def _noise_lines(result: Mapping[str, Any], noise: Mapping[str, Any]) -> list[st
     k = len(f["pairs"])
     lines = ["## The second check's noise floor", "",
              f"Both suites again at attack seed(s) {', '.join(str(s) for s in f['seeds'][1:])} (`{noise['command']}` "
-             f"at revision `{noise['git_revision']}`, {noise['wall_s']:.0f} s); seed 0 is the comparison above. "
+             f"at revision `{noise['git_revision']}`, {noise['wall_s']:.0f} s{_resumed(noise)}); seed 0 is the comparison above. "
              f"Robust counts of {result['n']} images, seeds {', '.join(map(str, f['seeds']))}:", "",
              "| model | budget | legacy | standard |", "|---|---|---|---|"]
     for m, eps in f["pairs"]:
@@ -183,7 +188,7 @@ def render(result: Mapping[str, Any], noise: Mapping[str, Any] | None = None) ->
              f"- {len(models)} models x budgets {', '.join(f'{b:g}' for b in budgets)} px, the first {n} MNIST-5k "
              f"test images (robust accuracy over all of them; clean-misclassified count as not robust); "
              f"{result['machine']}, device `{result['device']}`, torch {result['torch']}; wall time "
-             f"{result['wall_s']:.0f} s",
+             f"{result['wall_s']:.0f} s{_resumed(result)}",
              f"- FlowAutoAttack `standard` = {ce} -> {result.get('standard_apgd_t', 'FlowAPGD-T')} -> StAdv -> FlowES; "
              f"`legacy` = FlowPGD-CE (50 steps) -> FlowPGD-margin (3 x 50) -> StAdv -> FlowES. The splits of "
              f"FlowAPGD's steps into runs were chosen on held-out images: [restarts.md](restarts.md).", "",
@@ -295,7 +300,7 @@ def render_selection(result: Mapping[str, Any]) -> str:
     lo, hi = result["images"]
     lines = ["# The split of FlowAPGD-CE's 100 steps into runs (held-out images)", "",
              f"- Command: `{result['command']}` at revision `{result['git_revision']}`; {result['machine']}; wall "
-             f"time {result['wall_s']:.0f} s",
+             f"time {result['wall_s']:.0f} s{_resumed(result)}",
              f"- MNIST-5k test images {lo}-{hi - 1} ({result['n']} images; the comparison in report.md uses images "
              f"0-119), {len(models)} models x budgets {', '.join(f'{b:g}' for b in budgets)} px; each row is "
              f"FlowAPGD-CE with 100 steps per example as runs x steps, from random starts (seeded).",

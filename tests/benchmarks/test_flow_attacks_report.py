@@ -72,6 +72,8 @@ def test_render_states_the_verdicts(tmp_path: Path) -> None:
     # cost: fewer queries (90 vs 100) and less time (1 s vs 2 s) on every pair and in total: no flip
     assert "model queries 180 vs 200 (ratio 0.900), wall time 2 s vs 4 s -> **met**" in text
     assert "flips with its reading" not in text
+    assert "resumed after" not in text and "1 s (resumed after an interruption" in render(
+        {**_result(4, (5, 3), 3, 3, (100, 90)), "resumed": True})
     assert attacks_plot(_result(3, (4, 3), 3, 2, (1, 1)), tmp_path / "a.png") == str(tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 0
 
@@ -171,3 +173,47 @@ def test_render_says_when_the_cost_verdict_flips_with_its_reading() -> None:
     assert "model queries 200 vs 200 (ratio 1.000), wall time 2 s vs 4 s -> **met**" in text
     assert ("**The cost part of the second check flips with its reading**: per pair it reads not met, in total "
             "over the pairs met. It is no verdict.") in text
+
+
+def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.flow_attacks as fa
+    from deform_robust.data import load_test_data
+    from torchattacks_deform import FlowFGSM
+
+    data = load_test_data("mnist5k", n=8)
+    models = []
+    for k in range(2):  # templates of the 8 test images: every image is classified, most correctly
+        linear = torch.nn.Linear(784, 10, bias=False)
+        with torch.no_grad():
+            linear.weight.zero_().index_add_(0, data.labels, data.images.flatten(1) * (1 + k))
+        models.append((f"m{k}", torch.nn.Sequential(torch.nn.Flatten(), linear)))
+    monkeypatch.setattr(fa, "_models", lambda out, device: models)
+    calls: list[tuple[int, float]] = []
+    crash_at = [3]
+
+    def fgsm(m: Any, eps: float) -> Any:
+        calls.append((id(m), eps))
+        if len(calls) == crash_at[0]:
+            raise RuntimeError("killed")
+        return FlowFGSM(m, eps=eps)
+
+    monkeypatch.setattr(fa, "attack_configs", lambda eps: [fa.AttackConfig("FlowFGSM", lambda m: fgsm(m, eps))])
+    with pytest.raises(RuntimeError, match="killed"):
+        fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / ".lock").exists()
+    saved = json.loads((tmp_path / ".results.partial.json").read_text())
+    assert sorted(saved["done"]) == ["m0 @ 0.25", "m0 @ 0.5"]
+    crash_at[0] = 0
+    result = fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
+    assert len(calls) == 3 + 2  # the crashed pair again, then the last one: the first two were reused
+    assert result["resumed"] and [(r["model"], r["eps"]) for r in result["rows"]] == [
+        ("m0", 0.25), ("m0", 0.5), ("m1", 0.25), ("m1", 0.5)]
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == result["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no partial, lock or temporaries
+    # a partial file made under another key (here: other attacks) is discarded with a warning
+    (tmp_path / ".results.partial.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(fa, "attack_configs", lambda eps: [fa.AttackConfig("FlowFGSM 2", lambda m: fgsm(m, eps))])
+    with pytest.warns(UserWarning, match=r"made under another attacks; starting over"):
+        result = fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
+    assert not result["resumed"] and len(calls) == 5 + 4
