@@ -287,15 +287,17 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
         xs, ys = x[correct], y[correct]
         for cfg, seed in configs(eps):
             bar.set_postfix_str(f"{name} {eps:g} px {cfg.name}" + (f" seed {seed}" if noise else ""))
-            atk = cfg.build(model)
-            torch.manual_seed(seed)
-            start = time.perf_counter()
-            adv = atk(xs, ys)
-            seconds = time.perf_counter() - start
-            with torch.no_grad():
-                still = model(adv).argmax(1) == ys
-                robust = int(still.sum())
-            queries = atk.query_count + sum(m.query_count for m in getattr(atk, "attacks", []))  # a suite's members
+            still, seconds, queries = ys.new_zeros(0, dtype=torch.bool), 0.0, 0  # no example classified correctly
+            if len(ys):
+                atk = cfg.build(model)
+                torch.manual_seed(seed)
+                start = time.perf_counter()
+                adv = atk(xs, ys)
+                seconds = time.perf_counter() - start
+                with torch.no_grad():
+                    still = model(adv).argmax(1) == ys
+                queries = atk.query_count + sum(m.query_count for m in getattr(atk, "attacks", []))  # a suite's
+            robust = int(still.sum())
             rows.append({"model": name, "eps": eps, "attack": cfg.name, "n": int(len(y)),
                          "clean": int(correct.sum()), "robust": robust, "robust_acc": robust / len(y),
                          "time_s": seconds, "queries": int(queries), **({"seed": seed} if noise else {}),

@@ -217,3 +217,12 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
     with pytest.warns(UserWarning, match=r"made under another attacks; starting over"):
         result = fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
     assert not result["resumed"] and len(calls) == 5 + 4
+    # a model that classifies no image correctly: nothing to attack, nothing robust
+    absent = next(c for c in range(10) if c not in data.labels.tolist())
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with torch.no_grad():  # always predicts a class that none of the 8 images has
+        wrong[1].weight.zero_()
+        wrong[1].bias.copy_((torch.arange(10) == absent).float())
+    monkeypatch.setattr(fa, "_models", lambda out, device: [("wrong", wrong)])
+    result = fa.run(tmp_path, n=8, budgets=(0.5,), progress=False)
+    assert [(r["clean"], r["robust"], r["queries"]) for r in result["rows"]] == [(0, 0, 0)] and len(calls) == 9
