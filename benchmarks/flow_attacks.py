@@ -19,13 +19,13 @@ MNIST-5k test images, it runs
 and writes ``OUT/results.json``, ``OUT/report.md`` and ``OUT/attacks.png``
 (:mod:`benchmarks.flow_attacks_report`).
 
-Every mode holds ``OUT/.lock`` and writes each finished model x budget pair's rows to
+The attack runs of every mode hold ``OUT/.lock`` and write each finished model x budget pair's rows to
 ``OUT/.<json name>.partial.json`` at once (atomically): run the same command again after a crash
 and the finished pairs are reused (a pair's rows, times included, always come from one process),
 provided the code, models, images, attacks, machine and torch are the same
 (:func:`resume_key`); otherwise the partial file is discarded with a warning. It is removed
 once the json is written; a resumed run says so (``"resumed"``; ``wall_s`` sums the runs'
-finished work).
+finished work). The temporaries of a writer killed mid-write are removed once the lock is held.
 
 ``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE and
 FlowAPGD-T runs (``OUT/restarts.json`` and ``OUT/restarts.md``) on held-out images (test images
@@ -59,7 +59,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from fgr_defense.files import OutputLock, atomic_write_text  # torch-free: --help stays fast
+from fgr_defense.files import (  # torch-free: fast --help
+    OutputLock,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 
 __all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "resume_key", "run",
            "select_configs", "suite_configs"]
@@ -218,13 +222,15 @@ def _resume(path: Path, key: dict[str, Any]) -> tuple[dict[str, list[dict[str, A
         return {}, 0.0
     try:
         saved = json.loads(path.read_text())
-        done, elapsed = saved["done"], float(saved["elapsed_s"])
-        same = saved["key"] == key and isinstance(done, dict)
-    except (OSError, ValueError, KeyError, TypeError):
+        old, done, elapsed = saved["key"], saved["done"], float(saved["elapsed_s"])
+        if not (isinstance(old, dict) and isinstance(done, dict) and all(
+                isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in done.values())):
+            raise TypeError("not the partial file's layout")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         warnings.warn(f"{path}: unreadable partial results; starting over", stacklevel=3)
         return {}, 0.0
-    if not same:
-        changed = sorted(k for k in key if saved["key"].get(k) != key[k])
+    if old != key:
+        changed = sorted(k for k in key if old.get(k) != key[k])
         warnings.warn(f"{path}: made under another {', '.join(changed) or 'format'}; starting over", stacklevel=3)
         return {}, 0.0
     logger.info("resuming from %s: %d finished model x budget pair(s)", path, len(done))
@@ -240,6 +246,7 @@ def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, devic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):
+        remove_stale_temporaries(out)
         return _run(out, n, budgets, device, progress, select, noise)
 
 
@@ -270,14 +277,14 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
     machine = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)"
     images = list(HELD_OUT) if select else [0, int(len(y))]
     key = resume_key(kind, images, budgets, device, machine, models,
-                     {f"{eps:g}": [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
+                     {repr(eps): [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
     partial = out / f".{kind}.partial.json"
     done, elapsed = _resume(partial, key)
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
     for name, model, eps in bar:
-        pair = f"{name} @ {eps:g}"
+        pair = f"{name} @ {eps!r}"
         if pair in done:
             rows += done[pair]
             continue
@@ -316,7 +323,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
               "images": images, "device": device, "machine": machine, "torch": torch.__version__,
               "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "rows": rows}
     atomic_write_text(out / f"{kind}.json", json.dumps(result, indent=1) + "\n")
-    partial.unlink()
+    partial.unlink(missing_ok=True)  # missing: no pair to run
     if not (select or noise) and (out / "noise.json").is_file():
         (out / "noise.json").unlink()  # it re-ran the suites of the comparison just replaced
         logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")
@@ -330,7 +337,7 @@ def _write_report(out: Path) -> None:
 
     result = json.loads((out / "results.json").read_text())
     noise = json.loads((out / "noise.json").read_text()) if (out / "noise.json").is_file() else None
-    (out / "report.md").write_text(render(result, noise) + "\n")
+    atomic_write_text(out / "report.md", render(result, noise) + "\n")
     attacks_plot(result, out / "attacks.png")
     logger.info("wrote %s and %s", out / "report.md", out / "attacks.png")
 
@@ -363,7 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     if args.render:
         if (out / "restarts.json").is_file():
-            (out / "restarts.md").write_text(render_selection(json.loads((out / "restarts.json").read_text())) + "\n")
+            selection = json.loads((out / "restarts.json").read_text())
+            atomic_write_text(out / "restarts.md", render_selection(selection) + "\n")
         if (out / "results.json").is_file():
             _write_report(out)
         logger.info("re-rendered %s", out)
@@ -378,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run(out, n=args.n, device=args.device, progress=not args.no_progress, select=args.select_restarts,
                  noise=args.noise_floor)
     if args.select_restarts:
-        (out / "restarts.md").write_text(render_selection(result) + "\n")
+        atomic_write_text(out / "restarts.md", render_selection(result) + "\n")
         logger.info("wrote %s", out / "restarts.md")
     else:
         _write_report(out)

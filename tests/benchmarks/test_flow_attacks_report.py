@@ -70,7 +70,8 @@ def test_render_states_the_verdicts(tmp_path: Path) -> None:
     # the best-of-8 row takes the split runs too (robust 0 here)
     assert "| a | 40.0 | 50.0 | 50.0 | 50.0 | 30.0 | 0.0 | 40.0 | 30.0 | 30.0 | 30.0 | 0.0 |" in text
     # cost: fewer queries (90 vs 100) and less time (1 s vs 2 s) on every pair and in total: no flip
-    assert "model queries 180 vs 200 (ratio 0.900), wall time 2 s vs 4 s -> **met**" in text
+    assert ("in total over the 2 pairs: 180 vs 200 (ratio 0.900; by budget: 0.5 px 0.900); wall time beside it "
+            "2 s vs 4 s (ratio 0.500) -> **met**") in text
     assert "flips with its reading" not in text
     assert "resumed after" not in text and "1 s (resumed after an interruption" in render(
         {**_result(4, (5, 3), 3, 3, (100, 90)), "resumed": True})
@@ -159,20 +160,37 @@ def test_noise_floor_needs_the_comparison_and_its_images(tmp_path: Path, capsys:
 
 def test_render_says_when_the_cost_verdict_flips_with_its_reading() -> None:
     result = _result(ce=3, pgd=(4, 3), standard=3, legacy=3, queries=(100, 90))
-    for r in result["rows"]:  # standard: 200 queries on model a, 10 on b; legacy 100 on each
+    for r in result["rows"]:  # standard: 200 queries and 5 s on model a, 10 queries on b; legacy 100 on each
         if r["attack"] == "FlowAutoAttack standard":
-            r["queries"] = 200 if r["model"] == "a" else 10
+            r["queries"], r["time_s"] = (200, 5.0) if r["model"] == "a" else (10, 1.0)
     text = render(result)
     assert "at no more model queries: 1 of 2 -> **not met**" in text
-    assert "model queries 210 vs 200 (ratio 1.050)" in text and "-> **not met**" in text
+    assert "210 vs 200 (ratio 1.050; by budget: 0.5 px 1.050); wall time beside it 6 s vs 4 s (ratio 1.500) -> **not met**" in text
     assert "flips with its reading" not in text  # both readings: not met
     for r in result["rows"]:
         if r["attack"] == "FlowAutoAttack standard" and r["model"] == "b":
             r["queries"] = 0
     text = render(result)
-    assert "model queries 200 vs 200 (ratio 1.000), wall time 2 s vs 4 s -> **met**" in text
+    # queries decide the second reading as they decide the first; the time (6 s vs 4 s) is beside it
+    assert "200 vs 200 (ratio 1.000; by budget: 0.5 px 1.000); wall time beside it 6 s vs 4 s (ratio 1.500) -> **met**" in text
     assert ("**The cost part of the second check flips with its reading**: per pair it reads not met, in total "
             "over the pairs met. It is no verdict.") in text
+
+
+def test_the_cost_reading_is_given_at_every_seed_and_nothing_attacked_renders() -> None:
+    result = _result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(100, 90))
+    noise = {"command": "c", "git_revision": "r", "wall_s": 1.0, "n": 10,
+             "rows": [_row(m, 0.5, f"FlowAutoAttack {v}", 2, q) | {"seed": 1}
+                      for m in ("a", "b") for v, q in (("legacy", 100), ("standard", 120))]}
+    text = render(result, noise)
+    assert "- seed 0: 180 vs 200" in text and "- seed 1: 240 vs 200 (ratio 1.200" in text
+    assert ("**The cost check's second reading flips with the attack seed** (met at seed(s) 0, not met at 1): it is "
+            "no verdict.") in text
+    # a model with nothing classified correctly: zero time and queries for both suites
+    for r in result["rows"]:
+        r["time_s"], r["queries"] = 0.0, 0
+    text = render(result)
+    assert "wall time per model x budget: nan" in text and "(ratio n/a; by budget: 0.5 px n/a)" in text
 
 
 def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path: Path,
@@ -217,6 +235,12 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
     with pytest.warns(UserWarning, match=r"made under another attacks; starting over"):
         result = fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
     assert not result["resumed"] and len(calls) == 5 + 4
+    # a partial file of another layout, or a temporary left by a writer killed mid-write: warned / removed
+    (tmp_path / ".results.partial.json").write_text(json.dumps({"key": "old", "done": [], "elapsed_s": 1}))
+    (tmp_path / ".results.json.abcd1234.tmp").write_text("{")
+    with pytest.warns(UserWarning, match=r"unreadable partial results; starting over"):
+        fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"] and len(calls) == 9 + 4
     # a model that classifies no image correctly: nothing to attack, nothing robust
     absent = next(c for c in range(10) if c not in data.labels.tolist())
     wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
@@ -225,4 +249,4 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
         wrong[1].bias.copy_((torch.arange(10) == absent).float())
     monkeypatch.setattr(fa, "_models", lambda out, device: [("wrong", wrong)])
     result = fa.run(tmp_path, n=8, budgets=(0.5,), progress=False)
-    assert [(r["clean"], r["robust"], r["queries"]) for r in result["rows"]] == [(0, 0, 0)] and len(calls) == 9
+    assert [(r["clean"], r["robust"], r["queries"]) for r in result["rows"]] == [(0, 0, 0)] and len(calls) == 13
