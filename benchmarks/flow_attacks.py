@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import platform
 import sys
 import time
 import warnings
@@ -258,6 +257,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
 
     from deform_robust.data import load_test_data
     from deform_robust.provenance import git_revision
+    from eval.provenance import machine as provenance_machine
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
     t0 = time.perf_counter()
@@ -274,10 +274,15 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
         return [(c, 0) for c in (select_configs if select else attack_configs)(eps)]
 
     kind = "restarts" if select else "noise" if noise else "results"
-    machine = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)"
+    machine = f"{provenance_machine(device)['cpu']} ({torch.get_num_threads()} torch threads)"
     images = list(HELD_OUT) if select else [0, int(len(y))]
     key = resume_key(kind, images, budgets, device, machine, models,
                      {repr(eps): [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
+    if noise:  # its seeds are compared with the comparison's seed 0: on the same weights only
+        theirs = json.loads((out / "results.json").read_text()).get("models")
+        if theirs and theirs != key["models"]:
+            raise ValueError(f"{out / 'results.json'}: its models have other weights than these (trained on another "
+                             f"machine?); run the comparison and --noise-floor on one machine")
     partial = out / f".{kind}.partial.json"
     done, elapsed = _resume(partial, key)
     rows: list[dict[str, Any]] = []
@@ -321,7 +326,8 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
               "standard_apgd_t": apgd_t_name(*APGD_T_RUNS),
               "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
               "images": images, "device": device, "machine": machine, "torch": torch.__version__,
-              "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "rows": rows}
+              "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "models": key["models"],
+              "rows": rows}
     atomic_write_text(out / f"{kind}.json", json.dumps(result, indent=1) + "\n")
     partial.unlink(missing_ok=True)  # missing: no pair to run
     if not (select or noise) and (out / "noise.json").is_file():

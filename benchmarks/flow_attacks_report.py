@@ -129,6 +129,11 @@ def noise_floor(result: Mapping[str, Any], noise: Mapping[str, Any]) -> dict[str
     if noise.get("n") != result["n"] or theirs != sorted(pairs):
         raise ValueError(f"noise.json: expected the n ({result['n']}) and the {len(pairs)} model x budget pairs of "
                          f"results.json, got n {noise.get('n')} and {len(theirs)} pairs (run --noise-floor again)")
+    mine, theirs_w = result.get("models"), noise.get("models")
+    if mine and theirs_w and mine != theirs_w:
+        other = sorted(m for m in mine if theirs_w.get(m) != mine[m])
+        raise ValueError(f"noise.json: expected the models of results.json, got other weights for {', '.join(other)} "
+                         f"(trained on another machine? run the comparison and --noise-floor on one machine)")
     runs = {(m, eps, 0): {a: int(cell[(m, eps, a)]["robust"]) for a in (LEGACY, STANDARD)} for m, eps in pairs}
     for r in noise["rows"]:
         if int(r["seed"]) == 0:

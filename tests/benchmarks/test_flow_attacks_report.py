@@ -143,6 +143,10 @@ def test_the_noise_floor_counts_each_suite_against_itself() -> None:
         noise_floor(result, {**noise, "rows": noise["rows"][:2]})
     with pytest.raises(ValueError, match=r"^noise.json: expected attack seeds other than the comparison's 0"):
         noise_floor(result, {**noise, "rows": [r | {"seed": 0} for r in noise["rows"]]})
+    # the seeds are compared on the same weights: other models (another machine's training) are refused
+    assert noise_floor({**result, "models": {"a": "1", "b": "2"}}, {**noise, "models": {"a": "1", "b": "2"}})
+    with pytest.raises(ValueError, match=r"^noise.json: expected the models of results.json, got other weights for b"):
+        noise_floor({**result, "models": {"a": "1", "b": "2"}}, {**noise, "models": {"a": "1", "b": "3"}})
 
 
 def test_noise_floor_needs_the_comparison_and_its_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,6 +229,7 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
     crash_at[0] = 0
     result = fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
     assert len(calls) == 3 + 2  # the crashed pair again, then the last one: the first two were reused
+    assert set(result["models"]) == {"m0", "m1"} and "torch threads" in result["machine"]
     assert result["resumed"] and [(r["model"], r["eps"]) for r in result["rows"]] == [
         ("m0", 0.25), ("m0", 0.5), ("m1", 0.25), ("m1", 0.5)]
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == result["rows"]
