@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.flow_attacks", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/attacks", help="output folder (models cached in OUT/cache)")
-    p.add_argument("--n", type=int, default=120, help="test images (the 2-core CPU: about 35 minutes at 120)")
+    p.add_argument("--n", type=int, default=120, help="test images (2-core CPU: 16 minutes at 120 on a Xeon, 27 on an EPYC)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--select-restarts", action="store_true",
@@ -363,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--noise-floor", action="store_true",
                    help=f"run only the two FlowAutoAttack versions again at attack seed(s) "
                         f"{', '.join(map(str, NOISE_SEEDS))} (OUT/noise.json; report.md re-rendered with it; "
-                        f"about 30 minutes a seed on the 2-core CPU)")
+                        f"about 10 minutes a seed on a 2-core Xeon)")
     p.add_argument("--render", action="store_true", help="only re-render the report(s) from OUT's json files")
     args = p.parse_args(argv)
     modes = [f for f, on in (("--select-restarts", args.select_restarts), ("--noise-floor", args.noise_floor),
