@@ -246,6 +246,11 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
     with pytest.warns(UserWarning, match=r"unreadable partial results; starting over"):
         fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"] and len(calls) == 9 + 4
+    # --noise-floor compares its seeds with results.json's seed 0 only on the same weights
+    (tmp_path / "results.json").write_text(json.dumps({**result, "models": {"m0": "other", "m1": "weights"}}))
+    with pytest.raises(ValueError, match=r"results.json: its models have other weights than these"):
+        fa.run(tmp_path, n=8, budgets=(0.25, 0.5), progress=False, noise=True)
+    assert not (tmp_path / ".lock").exists() and not (tmp_path / ".noise.partial.json").exists()
     # a model that classifies no image correctly: nothing to attack, nothing robust
     absent = next(c for c in range(10) if c not in data.labels.tolist())
     wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
