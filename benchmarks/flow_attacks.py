@@ -260,6 +260,8 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
     from eval.provenance import machine as provenance_machine
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
+    from .flow_attacks_report import other_weights
+
     t0 = time.perf_counter()
     models = _models(out, device)
     if select:
@@ -279,8 +281,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
     key = resume_key(kind, images, budgets, device, machine, models,
                      {repr(eps): [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
     if noise:  # its seeds are compared with the comparison's seed 0: on the same weights only
-        theirs = json.loads((out / "results.json").read_text()).get("models")
-        if theirs and theirs != key["models"]:
+        if other_weights(json.loads((out / "results.json").read_text()).get("models"), key["models"]):
             raise ValueError(f"{out / 'results.json'}: its models have other weights than these (trained on another "
                              f"machine?); run the comparison and --noise-floor on one machine")
     partial = out / f".{kind}.partial.json"

@@ -34,7 +34,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["attacks_plot", "checks", "noise_floor", "render", "render_selection", "selection_totals", "suite_counts"]
+__all__ = ["attacks_plot", "checks", "noise_floor", "other_weights", "render", "render_selection", "selection_totals",
+           "suite_counts"]
 
 BEST = "FlowPGD-CE, best step"
 BEST8 = "FlowPGD-CE, best of 8"
@@ -88,6 +89,19 @@ def _t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return float(s["mean"]), float(lo), float(hi)
 
 
+def other_weights(mine: Mapping[str, str] | None, theirs: Mapping[str, str] | None) -> list[str]:
+    """The models whose weight hashes differ between two runs' ``"models"`` (none where either
+    run predates the hashes): attack seeds are compared only on the same weights.
+
+    Example:
+        >>> other_weights({"a": "1", "b": "2"}, {"a": "1", "b": "3"}), other_weights(None, {"a": "1"})
+        (['b'], [])
+    """
+    if not mine or not theirs:
+        return []
+    return sorted(m for m in {**mine, **theirs} if mine.get(m) != theirs.get(m))
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}" if b > 0 else "n/a"
 
@@ -129,9 +143,8 @@ def noise_floor(result: Mapping[str, Any], noise: Mapping[str, Any]) -> dict[str
     if noise.get("n") != result["n"] or theirs != sorted(pairs):
         raise ValueError(f"noise.json: expected the n ({result['n']}) and the {len(pairs)} model x budget pairs of "
                          f"results.json, got n {noise.get('n')} and {len(theirs)} pairs (run --noise-floor again)")
-    mine, theirs_w = result.get("models"), noise.get("models")
-    if mine and theirs_w and mine != theirs_w:
-        other = sorted(m for m in mine if theirs_w.get(m) != mine[m])
+    other = other_weights(result.get("models"), noise.get("models"))
+    if other:
         raise ValueError(f"noise.json: expected the models of results.json, got other weights for {', '.join(other)} "
                          f"(trained on another machine? run the comparison and --noise-floor on one machine)")
     runs = {(m, eps, 0): {a: int(cell[(m, eps, a)]["robust"]) for a in (LEGACY, STANDARD)} for m, eps in pairs}
@@ -177,10 +190,10 @@ def _noise_lines(result: Mapping[str, Any], noise: Mapping[str, Any]) -> list[st
         lines.append(f"- standard vs legacy at seed {s}: {n_pass} of {k}")
     lines.append(f"- standard vs legacy, mean over the seeds: {f['on_mean']} of {k}")
     lines += ["", "The cost check's second reading (model queries summed over the pairs) at each seed:", ""]
-    cost_ok = {0: _total_cost(result["rows"], result["budgets"])[0]}
-    lines.append(f"- seed 0: {_total_cost(result['rows'], result['budgets'])[1]}")
-    for s in f["seeds"][1:]:
-        cost_ok[s], line = _total_cost([r for r in noise["rows"] if int(r["seed"]) == s], result["budgets"])
+    cost_ok: dict[int, bool] = {}
+    for s in f["seeds"]:
+        rows = result["rows"] if s == 0 else [r for r in noise["rows"] if int(r["seed"]) == s]
+        cost_ok[s], line = _total_cost(rows, result["budgets"])
         lines.append(f"- seed {s}: {line}")
     if len(set(cost_ok.values())) > 1:
         lines += ["", f"**The cost check's second reading flips with the attack seed** (met at seed(s) "
