@@ -19,13 +19,12 @@ MNIST-5k test images, it runs
 and writes ``OUT/results.json``, ``OUT/report.md`` and ``OUT/attacks.png``
 (:mod:`benchmarks.flow_attacks_report`).
 
-The attack runs of every mode hold ``OUT/.lock`` and write each finished model x budget pair's rows to
-``OUT/.<json name>.partial.json`` at once (atomically): run the same command again after a crash
-and the finished pairs are reused (a pair's rows, times included, always come from one process),
-provided the code, models, images, attacks, machine and torch are the same
-(:func:`resume_key`); otherwise the partial file is discarded with a warning. It is removed
-once the json is written; a resumed run says so (``"resumed"``; ``wall_s`` sums the runs'
-finished work). The temporaries of a writer killed mid-write are removed once the lock is held.
+The attack runs of every mode hold ``OUT/.lock`` and write each finished model x budget pair's
+rows to ``OUT/.<json name>.partial.json`` at once (:mod:`benchmarks.partial`): run the same
+command again after a crash and the finished pairs are reused, provided the code, models,
+images, attacks, machine and torch are the same; otherwise the partial file is discarded with a
+warning. It is removed once the json is written; a resumed run says so (``"resumed"``). The
+temporaries of a writer killed mid-write are removed once the lock is held.
 
 ``--select-restarts`` instead runs the choice of the standard version's FlowAPGD-CE and
 FlowAPGD-T runs (``OUT/restarts.json`` and ``OUT/restarts.md``) on held-out images (test images
@@ -49,12 +48,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -64,7 +61,9 @@ from fgr_defense.files import (  # torch-free: fast --help
     remove_stale_temporaries,
 )
 
-__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "resume_key", "run",
+from . import partial  # torch-free: fast --help
+
+__all__ = ["AttackConfig", "apgd_ce_name", "apgd_t_name", "attack_configs", "main", "run",
            "select_configs", "suite_configs"]
 
 logger = logging.getLogger(__name__)
@@ -187,55 +186,6 @@ def _models(out: Path, device: str) -> list[tuple[str, Any]]:
     return models
 
 
-def resume_key(kind: str, images: Sequence[int], budgets: Sequence[float], device: str, machine: str,
-               models: Sequence[tuple[str, Any]], attacks: dict[str, list[str]]) -> dict[str, Any]:
-    """What a partial file's rows depend on: a resumed run reuses them only under the same key.
-
-    ``kind`` names the json (``results``, ``restarts`` or ``noise``), ``images`` the test images'
-    range, ``models`` the ``(name, module)`` pairs (their weights are hashed), ``attacks`` each
-    budget's attack names (with their seeds); the code is fingerprinted
-    (:func:`eval.provenance.code_fingerprint` and this benchmark's own source), and torch's version.
-
-    Example:
-        >>> import torch
-        >>> m = [("m", torch.nn.Linear(2, 2))]
-        >>> k = resume_key("results", [0, 4], [0.5], "cpu", "x86_64", m, {"0.5": ["FlowES@0"]})
-        >>> k == resume_key("results", [0, 4], [0.5], "cpu", "x86_64", m, {"0.5": ["FlowES@0"]})
-        True
-    """
-    # torch and the harness: imported when the benchmark runs, so that --help stays fast
-    import torch
-
-    from deform_robust.models import state_dict_sha256
-    from eval.provenance import code_fingerprint
-
-    code = code_fingerprint() + ":" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return {"kind": kind, "images": list(images), "budgets": list(budgets), "device": device, "machine": machine,
-            "torch": torch.__version__, "code": code, "models": {name: state_dict_sha256(m) for name, m in models},
-            "attacks": attacks}
-
-
-def _resume(path: Path, key: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], float]:
-    """The finished pairs' rows and the seconds they took, from a partial file made under ``key``."""
-    if not path.is_file():
-        return {}, 0.0
-    try:
-        saved = json.loads(path.read_text())
-        old, done, elapsed = saved["key"], saved["done"], float(saved["elapsed_s"])
-        if not (isinstance(old, dict) and isinstance(done, dict) and all(
-                isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in done.values())):
-            raise TypeError("not the partial file's layout")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        warnings.warn(f"{path}: unreadable partial results; starting over", stacklevel=3)
-        return {}, 0.0
-    if old != key:
-        changed = sorted(k for k in key if old.get(k) != key[k])
-        warnings.warn(f"{path}: made under another {', '.join(changed) or 'format'}; starting over", stacklevel=3)
-        return {}, 0.0
-    logger.info("resuming from %s: %d finished model x budget pair(s)", path, len(done))
-    return done, elapsed
-
-
 def run(out: str | Path, n: int = 120, budgets: Sequence[float] = BUDGETS, device: str = "cpu",
         progress: bool = True, select: bool = False, noise: bool = False) -> dict[str, Any]:
     """Train (or reuse) the models, run every attack, write ``results.json`` (``restarts.json``
@@ -278,14 +228,14 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
     kind = "restarts" if select else "noise" if noise else "results"
     machine = f"{provenance_machine(device)['cpu']} ({torch.get_num_threads()} torch threads)"
     images = list(HELD_OUT) if select else [0, int(len(y))]
-    key = resume_key(kind, images, budgets, device, machine, models,
+    key = partial.resume_key(kind, images, budgets, device, machine, models,
                      {repr(eps): [f"{c.name}@{s}" for c, s in configs(eps)] for eps in budgets})
     if noise:  # its seeds are compared with the comparison's seed 0: on the same weights only
         if other_weights(json.loads((out / "results.json").read_text()).get("models"), key["models"]):
             raise ValueError(f"{out / 'results.json'}: its models have other weights than these (trained on another "
                              f"machine?); run the comparison and --noise-floor on one machine")
-    partial = out / f".{kind}.partial.json"
-    done, elapsed = _resume(partial, key)
+    partial_file = out / f".{kind}.partial.json"
+    done, elapsed = partial.load(partial_file, key)
     rows: list[dict[str, Any]] = []
     jobs = [(name, model, eps) for name, model in models for eps in budgets]
     bar = tqdm(jobs, desc="flow attacks", unit="model x budget", disable=None if progress else True)
@@ -317,8 +267,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
                          **({"robust_mask": still.int().tolist()} if select else {})})
             logger.debug("%s", rows[-1])
         done[pair] = rows[first:]
-        atomic_write_text(partial, json.dumps({"key": key, "done": done,
-                                               "elapsed_s": elapsed + time.perf_counter() - t0}))
+        partial.save(partial_file, key, done, elapsed + time.perf_counter() - t0)
     bar.close()
     argv = " ".join(["python -m benchmarks.flow_attacks", *sys.argv[1:]]) if __name__ == "__main__" else None
     result = {"format": "deform-robust-flow-attacks-noise/1" if noise else "deform-robust-flow-attacks/2",
@@ -330,7 +279,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
               "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "models": key["models"],
               "rows": rows}
     atomic_write_text(out / f"{kind}.json", json.dumps(result, indent=1) + "\n")
-    partial.unlink(missing_ok=True)  # missing: no pair to run
+    partial_file.unlink(missing_ok=True)  # missing: no pair to run
     if not (select or noise) and (out / "noise.json").is_file():
         (out / "noise.json").unlink()  # it re-ran the suites of the comparison just replaced
         logger.info("removed %s: run --noise-floor again for the new comparison", out / "noise.json")
