@@ -74,8 +74,8 @@ def test_preset_error_names_the_key(tmp_path: Path) -> None:
 def test_mnist5k_fills_in_and_its_fixed_grid_children_do_not() -> None:
     p = load_preset("mnist5k")
     assert fill_in_options(p.training, p.analysis, p.source) == {
-        "max_gap": 0.02, "max_extra": 6, "resolution": 0.1, "families": ["IGR", "FGR", "FGR+RS"], "subdivide": True}
-    assert "fill-in (after the grid; eval/fill_in.py): up to 6 more weight(s) per family and seed, of IGR, FGR, " \
+        "max_gap": 0.02, "max_extra": 12, "resolution": 0.1, "families": ["IGR", "FGR", "FGR+RS"], "subdivide": True}
+    assert "fill-in (after the grid; eval/fill_in.py): up to 12 more weight(s) per family and seed, of IGR, FGR, " \
            "FGR+RS where the family has models, while a gap between neighbouring clean accuracies exceeds 2 points; " \
            "a gap whose neighbours' mean weight is trained is subdivided" in pipeline.describe(p)
     for name in ("demo", "tiny"):  # a fixed grid by design (and minutes): fill_in: false overrides the parent's
