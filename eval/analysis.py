@@ -19,6 +19,12 @@ non-dominated models only) and ``"interpolate"`` (the rule of the withdrawn firs
 instance against ``lo``'s polyline through every ``lo`` point, interpolated at its clean
 accuracy; instances outside ``lo``'s range are not counted).
 
+**Leave one model out (not the endpoint).** Each model of the pair's two families (not the
+zero-weight model) is dropped in turn from its seed, and the registered summary is recomputed
+(:func:`influence`): the range of the mean, and every drop that changes the verdict, with the
+family's largest gap on that seed after the drop (so a reader sees whether the drop breaks the
+coverage the rule relies on).
+
 **Coverage.** Per seed and family (with the zero-weight model): the clean-accuracy range, the
 drop below the zero-weight model and the largest gap between neighbours.
 
@@ -37,8 +43,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .stats import frontier_gain, interpolate, match_instances, seed_stats, verdict
 
-__all__ = ["ACC_RESOLUTION", "RULES", "WORST", "analyze", "attack_strength", "coverage", "meets_coverage",
-           "metrics_of", "robust_of"]
+__all__ = ["ACC_RESOLUTION", "RULES", "WORST", "analyze", "attack_strength", "coverage", "influence",
+           "meets_coverage", "metrics_of", "robust_of"]
 
 #: The metric name of the worst case over the suite.
 WORST = "worst case"
@@ -174,7 +180,8 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
         A JSON-able dict: ``seeds``, ``metrics``, ``frontier`` (the registered rule: ``gains``
         per pair x metric, ``summary`` per pair over the attack metrics, ``summary_worst`` over
         the worst-case metrics), ``secondary`` (the summaries
-        under the other rules), ``coverage`` and ``matched`` (``selection``, ``cells``, ``gains``).
+        under the other rules), ``coverage``, ``influence`` (:func:`influence`) and ``matched``
+        (``selection``, ``cells``, ``gains``).
     """
     seeds = sorted(runs)
     first = runs[seeds[0]]
@@ -212,7 +219,65 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
             "rule": RULES[0], "metrics": [list(m) for m in metrics],
             "frontier": {"gains": gains, "summary": summary, "summary_worst": summary_worst},
             "secondary": secondary, "coverage": cover,
+            "influence": influence(pools, robust, pairs, zero_weight,
+                                   (("attacks", attack_metrics), (WORST, worst_metrics))),
             "matched": _matched(runs, seeds, pools, robust, families, pairs, reference, metrics)}
+
+
+def _seed_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str, lo: str,
+               chosen: Sequence[tuple[str, float]], zero: Optional[str]) -> Optional[float]:
+    """One seed's registered gain: the mean over ``chosen`` metrics where it is defined (None where none is)."""
+    vals = [g for g in (_gain(pool, robust, hi, lo, m, zero, RULES[0]) for m in chosen) if g is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def influence(pools: Mapping[int, Sequence[dict[str, Any]]], robust: Mapping[int, Mapping[tuple[str, str, float], float]],
+              pairs: Sequence[Sequence[str]], zero: Optional[str],
+              overs: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> list[dict[str, Any]]:
+    """The registered summary with each model of a pair's families left out in turn (a secondary view).
+
+    Args:
+        pools: ``{seed: [{"name", "defense", "clean_acc"}, ...]}``.
+        robust: ``{seed: {(model, attack, budget): robust accuracy}}``.
+        pairs: ``[[hi, lo], ...]``.
+        zero: the zero-weight defense (never left out: it is every family's weight 0).
+        overs: ``[(label, metrics), ...]``, e.g. the attack metrics and the worst-case metrics.
+
+    Returns:
+        Per pair and ``over``: ``verdict`` (with every model), ``models`` (how many were left
+        out in turn), ``mean_min``/``mean_max`` (points) and ``flips``: each drop that changes
+        the verdict, with ``seed``, ``model``, ``mean``, ``ci95``, ``verdict`` and the family's
+        coverage on that seed after the drop (``drop``, ``max_gap``; fractions).
+    """
+    seeds = sorted(pools)
+    out: list[dict[str, Any]] = []
+    for hi, lo in pairs:
+        for label, chosen in overs:
+            if not chosen:
+                continue
+            base = [_seed_gain(pools[s], robust[s], hi, lo, chosen, zero) for s in seeds]
+            st0 = _stats(base)
+            v0 = verdict(st0["ci95"], st0["values"]) if st0["n"] else "undefined"
+            means: list[float] = []
+            flips: list[dict[str, Any]] = []
+            for k, s in enumerate(seeds):
+                for m in pools[s]:
+                    if m["defense"] not in (hi, lo):
+                        continue
+                    rest = [x for x in pools[s] if x is not m]
+                    st = _stats([*base[:k], _seed_gain(rest, robust[s], hi, lo, chosen, zero), *base[k + 1:]])
+                    if not st["n"]:
+                        continue
+                    means.append(st["mean"])
+                    v = verdict(st["ci95"], st["values"])
+                    if v != v0:
+                        cov = coverage(rest, m["defense"], zero)
+                        flips.append({"seed": s, "model": m["name"], "mean": st["mean"], "ci95": st["ci95"],
+                                      "verdict": v, "drop": cov["drop"], "max_gap": cov["max_gap"]})
+            out.append({"pair": f"{hi} - {lo}", "over": label, "verdict": v0, "models": len(means),
+                        "mean_min": min(means) if means else None, "mean_max": max(means) if means else None,
+                        "flips": flips})
+    return out
 
 
 def _seed_means(per_metric: Sequence[Sequence[Optional[float]]], n_seeds: int) -> list[Optional[float]]:

@@ -148,6 +148,27 @@ def _secondary_section(res: dict[str, Any]) -> list[str]:
             md_table(["rule", "pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict"], rows), ""]
 
 
+def _influence_section(res: dict[str, Any]) -> list[str]:
+    inf = res["analysis"].get("influence")
+    if not inf:
+        return []
+    rows, flips = [], []
+    for r in inf:
+        span = ("n/a" if r["mean_min"] is None else f"{r['mean_min']:+.2f} to {r['mean_max']:+.2f}")
+        rows.append([r["pair"], r["over"], r["verdict"], str(r["models"]), span, str(len(r["flips"]))])
+        flips += [f"- {r['pair']} ({r['over']}) without {f['model']} of seed {f['seed']}: {_pm(f, sign=True)}, "
+                  f"{f['verdict']}; its family's largest gap on that seed becomes "
+                  + ("n/a" if f["max_gap"] is None else f"{100 * f['max_gap']:.1f}") + " points"
+                  for f in r["flips"]]
+    return ["### Leave one model out (not the endpoint)", "",
+            "The registered summary with each model of the pair's two families (not Standard) left out of its seed "
+            "in turn: the range of the mean (points) and the drops that change the verdict. A verdict that one "
+            "model carries is fragile; a drop that opens a gap over the coverage requirement leaves a comparison "
+            "the rule was not meant to make.", "",
+            md_table(["pair", "over", "verdict with every model", "models left out in turn", "mean (points)",
+                      "drops that change the verdict"], rows), "", *flips, *([""] if flips else [])]
+
+
 def _matched_section(res: dict[str, Any]) -> list[str]:
     m = res["analysis"]["matched"]
     seeds = res["analysis"]["seeds"]
@@ -258,7 +279,8 @@ def render_pipeline_report(res: dict[str, Any]) -> str:
     if res.get("anchor"):
         parts += _anchor_section(res)
     if res.get("analysis"):
-        parts += (_verdict_section(res) + _frontier_section(res) + _secondary_section(res) + _coverage_section(res)
+        parts += (_verdict_section(res) + _frontier_section(res) + _secondary_section(res) + _influence_section(res)
+                  + _coverage_section(res)
                   + _matched_section(res))
     parts += _strength_section(res) + _table1_section(res) + _setup_section(res)
     body = render_report(res["runs"][main], [f for f in res["figures"] if f not in _CAPTIONS])

@@ -205,3 +205,43 @@ def test_a_family_missing_from_a_seed_is_undefined_there() -> None:
     assert s["per_seed"][2] is None and s["n"] == 2
     assert {(c["family"], c["seed"]) for c in a["coverage"]} == {("IGR", 0), ("IGR", 1), ("IGR", 2),
                                                                  ("FGR+RS", 0), ("FGR+RS", 1)}
+
+
+class TestLeaveOneOut:
+    """eval.analysis.influence: each model of the pair's families left out of its seed in turn (hand-derived)."""
+
+    E = (0.020, 0.021, 0.019)  # FGR's excess at the bottom of the shared range, per seed
+
+    def _runs(self) -> dict[int, dict[str, Any]]:
+        runs = {}
+        for seed, e in enumerate(self.E):
+            ms = [("Standard", "Standard", 0.96, 0.30), ("I0", "IGR", 0.95, 0.40), ("I1", "IGR", 0.93, 0.50),
+                  ("F0", "FGR", 0.95, 0.40), ("F1", "FGR", 0.93, 0.50 + e)]
+            if seed == 0:
+                ms.append(("FD", "FGR", 0.92, 0.45))  # dominated by F1: below L, and no better
+            runs[seed] = _run(ms)
+        return runs
+
+    def test_flips_and_means_are_the_rule_recomputed_without_the_model(self) -> None:
+        a = analyze(self._runs(), ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD", zero_weight="Standard")
+        # Only c = L = 0.93, the first of the 201 points, sees F1 against I1: the gain is 100 * e / 201 points.
+        base = [100 * e / 201 for e in self.E]
+        assert a["frontier"]["summary"][0]["per_seed"] == pytest.approx(base)
+        assert a["frontier"]["summary"][0]["verdict"] == "reproduced"
+        row = next(r for r in a["influence"] if r["pair"] == "FGR - IGR" and r["over"] == "attacks")
+        assert row["verdict"] == "reproduced" and row["models"] == 13
+        flips = {(f["seed"], f["model"]): f for f in row["flips"]}
+        assert set(flips) == {(s, m) for s in range(3) for m in ("I0", "I1", "F0", "F1")}  # FD: no flip
+        f = flips[(0, "F1")]  # FGR's bottom at 0.93 is now FD (0.92, 0.45): R_FGR(0.93) = F0's 0.40 vs I1's 0.50
+        assert f["mean"] == pytest.approx(statistics.fmean([100 * -0.10 / 201, *base[1:]]))
+        assert f["verdict"] == "not detected" and f["max_gap"] == pytest.approx(0.03)
+        assert row["mean_min"] <= f["mean"] <= row["mean_max"]
+
+    def test_a_dominated_model_left_out_changes_nothing(self) -> None:
+        runs = self._runs()
+        a = analyze(runs, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD", zero_weight="Standard")
+        runs[0] = _run([(m["name"], m["defense"], m["clean_acc"], c["robust_acc"])
+                        for m, c in zip(runs[0]["models"], runs[0]["cells"]) if m["name"] != "FD"])
+        b = analyze(runs, ["IGR", "FGR"], [["FGR", "IGR"]], "AT-PGD", zero_weight="Standard")
+        assert b["frontier"]["summary"][0]["per_seed"] == a["frontier"]["summary"][0]["per_seed"]
+        assert [r["verdict"] for r in b["influence"]] == [r["verdict"] for r in a["influence"]]

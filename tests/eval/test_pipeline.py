@@ -135,6 +135,11 @@ class TestTinyRun:
                  and x["over"] == "attacks")
         assert s["per_seed"] == pytest.approx(per_seed)
         assert "Secondary views (not the endpoint)" in report and "under the second fair rule" in report
+        inf = next(r for r in a["influence"] if r["pair"] == "FGR - IGR" and r["over"] == "attacks")
+        assert inf["models"] == sum(m["defense"] in ("FGR", "IGR") for s in a["seeds"]
+                                    for m in res["runs"][str(s)]["models"])
+        assert "Leave one model out (not the endpoint)" in report
+        assert f"| FGR - IGR | attacks | {inf['verdict']} | {inf['models']} |" in report
 
     def test_report_tables_show_results_json(self, tiny: tuple[Path, dict[str, Any], str]) -> None:
         _, res, report = tiny
