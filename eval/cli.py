@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 _EPILOG = """examples:
   make demo                                                   # = python -m eval demo
-  python -m eval reproduce --preset mnist5k                   # the powered CPU experiment (~97 min)
+  python -m eval reproduce --preset mnist5k                   # the powered CPU experiment (1-1.7 h)
   python -m eval reproduce --preset cifar10-vgg11 --dry-run   # the paper's setting: plan and conversions
   python -m eval calibrate --preset mnist5k                   # choose weight grids on seed 100
   python -m eval run --config eval/configs/mnist5k.yaml --out results/mnist5k-grid

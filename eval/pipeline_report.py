@@ -46,6 +46,7 @@ def _seeds(values: Sequence[Optional[float]]) -> str:
 _RULE_TEXT = {"step": "frontier: best model at least as accurate (registered)",
               "pareto-linear": "frontier: non-dominated models joined by lines (second fair rule)",
               "step-pareto-range": "registered frontier, shared range over non-dominated models only",
+              "step-own-range": "registered frontier, range cut at the lower of the families' own top models",
               "interpolate": "each instance vs the baseline's polyline (the withdrawn first rule)"}
 
 
@@ -142,6 +143,8 @@ def _secondary_section(res: dict[str, Any]) -> list[str]:
     return ["### Secondary views (not the endpoint)", "",
             "The same summaries under the second fair rule (the registered rule's frontiers joined by straight lines "
             "between non-dominated models), with the shared range taken over the non-dominated models only, "
+            "with the range cut at the lower of the two families' own most accurate models (above that cut one "
+            "family has a model and the other only Standard), "
             "and under the rule of the withdrawn first report (each instance against "
             "the baseline's polyline through every baseline model, Standard included; instances outside the "
             "baseline's range not counted; dominated models bend the line).", "",

@@ -270,12 +270,14 @@ def shared_range(hi: Sequence[tuple[float, float]], lo: Sequence[tuple[float, fl
 
 
 def frontier_gain(hi: Sequence[tuple[float, float]], lo: Sequence[tuple[float, float]], rule: str = "step",
-                  grid: int = FRONTIER_GRID, range_over: str = "all") -> Optional[float]:
+                  grid: int = FRONTIER_GRID, range_over: str = "all", upper: Optional[float] = None
+                  ) -> Optional[float]:
     """Mean of ``R_hi(c) - R_lo(c)`` over ``grid`` evenly spaced ``c`` in the shared range, in points.
 
     ``hi`` and ``lo`` are ``(clean, robust)`` fractions (each family's instances, plus the
     unregularized model where it belongs to both). None when the clean ranges do not overlap.
-    ``range_over``: see :func:`shared_range`.
+    ``range_over``: see :func:`shared_range`. ``upper`` (a secondary view): the range ends
+    there when that is below the shared range's upper end.
 
     Example:
         >>> fgr = [(0.96, 0.50), (0.94, 0.60), (0.90, 0.70)]
@@ -285,11 +287,18 @@ def frontier_gain(hi: Sequence[tuple[float, float]], lo: Sequence[tuple[float, f
         5.0149
         >>> frontier_gain(fgr, igr) == frontier_gain(fgr, igr + [(0.93, 0.51), (0.91, 0.51)])  # dominated, inside
         True
+        >>> # upper=0.94: c = 0.90 + 0.0002 k: +10 at k = 0, +8 for k = 1..200: 1610 / 201
+        >>> round(frontier_gain(fgr, igr, upper=0.94), 4)
+        8.01
     """
     check = shared_range(hi, lo, range_over)
     if check is None:
         return None
     low, up = check
+    if upper is not None:
+        if upper < low:
+            return None
+        up = min(up, upper)
     total = 0.0
     for k in range(grid):
         c = low + (up - low) * k / (grid - 1) if grid > 1 else low

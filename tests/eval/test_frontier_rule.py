@@ -22,13 +22,13 @@ from eval.stats import frontier_at, frontier_gain, pareto_points, seed_stats, sh
 Point = tuple[float, float]
 
 
-def _reference_gain(hi: list[Point], lo: list[Point]) -> float | None:
-    """The rule written out with plain loops (no eval.stats helpers)."""
+def _reference_gain(hi: list[Point], lo: list[Point], upper: float = math.inf) -> float | None:
+    """The rule written out with plain loops (no eval.stats helpers); ``upper`` cuts the range (a secondary view)."""
     def front(pts: list[Point], c: float) -> float:
         return max(r for x, r in pts if x >= c)
 
     low = max(min(x for x, _ in hi), min(x for x, _ in lo))
-    up = min(max(x for x, _ in hi), max(x for x, _ in lo))
+    up = min(max(x for x, _ in hi), max(x for x, _ in lo), upper)
     if low > up:
         return None
     cs = [low + (up - low) * k / 200 for k in range(201)]
@@ -168,7 +168,15 @@ class TestAnalyze:
             assert s["per_seed"][k] == pytest.approx(_reference_gain(fam["FGR"], fam["IGR"]))
         assert s["verdict"] == verdict(s["ci95"], s["values"])
         rules = {r["rule"] for r in a["secondary"]}
-        assert rules == {"pareto-linear", "step-pareto-range", "interpolate"}
+        assert rules == {"pareto-linear", "step-pareto-range", "step-own-range", "interpolate"}
+        own = next(r for r in a["secondary"] if r["rule"] == "step-own-range" and r["over"] == "attacks")
+        for k, seed in enumerate(range(3)):  # the range ends at the lower of the two families' own top models
+            ms = runs[seed]["models"]
+            rob = {c["model"]: c["robust_acc"] for c in runs[seed]["cells"]}
+            fam = {f: [(m["clean_acc"], rob[m["name"]]) for m in ms if m["defense"] in (f, "Standard")]
+                   for f in ("FGR", "IGR")}
+            cut = min(max(m["clean_acc"] for m in ms if m["defense"] == f) for f in ("FGR", "IGR"))
+            assert own["per_seed"][k] == pytest.approx(_reference_gain(fam["FGR"], fam["IGR"], cut))
         assert a["rule"] == "step"
 
     def test_coverage(self) -> None:
