@@ -233,8 +233,7 @@ def analyze(runs: Mapping[int, Mapping[str, Any]], families: Sequence[str], pair
 def _seed_gain(pool: Sequence[dict[str, Any]], robust: Mapping[tuple[str, str, float], float], hi: str, lo: str,
                chosen: Sequence[tuple[str, float]], zero: Optional[str]) -> Optional[float]:
     """One seed's registered gain: the mean over ``chosen`` metrics where it is defined (None where none is)."""
-    vals = [g for g in (_gain(pool, robust, hi, lo, m, zero, RULES[0]) for m in chosen) if g is not None]
-    return statistics.fmean(vals) if vals else None
+    return _seed_means([[_gain(pool, robust, hi, lo, m, zero, RULES[0])] for m in chosen], 1)[0]
 
 
 def influence(pools: Mapping[int, Sequence[dict[str, Any]]], robust: Mapping[int, Mapping[tuple[str, str, float], float]],
