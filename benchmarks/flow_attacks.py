@@ -300,7 +300,7 @@ def _write_report(out: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # the report draws with matplotlib: imported when the benchmark runs, so that --help stays fast
-    from .flow_attacks_report import render_selection
+    from .flow_attacks_selection import render_selection
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.flow_attacks", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/attacks", help="output folder (models cached in OUT/cache)")

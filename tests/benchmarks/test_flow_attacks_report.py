@@ -24,10 +24,8 @@ from benchmarks.flow_attacks_report import (
     checks,
     noise_floor,
     render,
-    render_selection,
-    selection_totals,
-    suite_counts,
 )
+from benchmarks.flow_attacks_selection import render_selection, selection_totals, suite_counts
 
 CE = "FlowAPGD-CE 10x10"
 
