@@ -63,6 +63,21 @@ def _robustness(a: dict[str, Any], pair: str, over: str, registered: str) -> str
     return "stands" if other["verdict"] == registered else f"**no verdict** (pareto-linear: {other['verdict']})"
 
 
+#: Secondary views whose disagreement the verdict table names (the second fair rule has its own column; the
+#: withdrawn first rule is not a fair one).
+_OTHER_VIEWS = {"step-pareto-range": "non-dominated range", "step-own-range": "range cut at the lower top model"}
+
+
+def _disagreements(a: dict[str, Any], pair: str, over: str, registered: str) -> str:
+    """The other fair views and the leave-one-out drops that give another verdict than the registered one."""
+    said = [f"{_OTHER_VIEWS[x['rule']]}: {x['verdict']}" for x in a.get("secondary", [])
+            if x["rule"] in _OTHER_VIEWS and x["pair"] == pair and x["over"] == over and x["verdict"] != registered]
+    inf = next((r for r in a.get("influence", []) if r["pair"] == pair and r["over"] == over), None)
+    if inf and inf["flips"]:
+        said.append(f"leave one model out: {len(inf['flips'])} of {inf['models']} drops")
+    return "; ".join(said) or "none"
+
+
 def _verdict_section(res: dict[str, Any]) -> list[str]:
     a = res["analysis"]
     crit = res["preset"]["analysis"].get("criterion")
@@ -73,10 +88,12 @@ def _verdict_section(res: dict[str, Any]) -> list[str]:
     for label, s in _verdict_rows(a):
         paper = f"{s['paper'][1]:+.1f} ({s['paper'][0]:+.1f} to {s['paper'][2]:+.1f})" if s.get("paper") else ""
         rows.append([s["pair"], label, _seeds(s["per_seed"]), _pm(s, sign=True), f"**{s['verdict']}**",
-                     _robustness(a, s["pair"], label, s["verdict"]), f"{s['cells_positive']}/{s['cells_defined']}",
+                     _robustness(a, s["pair"], label, s["verdict"]),
+                     _disagreements(a, s["pair"], label, s["verdict"]), f"{s['cells_positive']}/{s['cells_defined']}",
                      paper])
     parts += [md_table(["pair", "over", "per-seed mean gain (points)", "mean [95% CI]", "verdict",
-                        "under the second fair rule", "cells > 0", "paper: mean (min to max)"], rows), ""]
+                        "under the second fair rule", "other views that disagree (not the endpoint)", "cells > 0",
+                        "paper: mean (min to max)"], rows), ""]
     zero = a.get("zero_weight")
     parts += ["Rule: for a seed, an attack × budget cell and a family, the points are the family's instances"
               + (f" plus the {zero} model (every family at weight 0)" if zero else "")
@@ -86,7 +103,10 @@ def _verdict_section(res: dict[str, Any]) -> list[str]:
               "their highest (over all their models). A seed's gain is the mean over the attack × budget cells (row `attacks`) or the "
               "worst-case budgets (row `worst case`); the interval is a 95% Student-t interval over seeds. "
               "The column *under the second fair rule* recomputes the verdict with the non-dominated models joined "
-              "by straight lines: where it differs, the data do not decide and there is no verdict.", ""]
+              "by straight lines: where it differs, the data do not decide and there is no verdict. The column "
+              "*other views that disagree* names the secondary views below (the non-dominated range, the range cut at "
+              "the lower of the two families' top models) and the single-model drops that give another verdict: "
+              "where it is not 'none', the verdict is fragile.", ""]
     return parts
 
 

@@ -140,6 +140,7 @@ class TestTinyRun:
                                     for m in res["runs"][str(s)]["models"])
         assert "Leave one model out (not the endpoint)" in report
         assert f"| FGR - IGR | attacks | {inf['verdict']} | {inf['models']} |" in report
+        assert "| other views that disagree (not the endpoint) |" in report
 
     def test_report_tables_show_results_json(self, tiny: tuple[Path, dict[str, Any], str]) -> None:
         _, res, report = tiny
@@ -288,3 +289,18 @@ def test_a_dirty_checkout_is_warned_about_before_the_run(monkeypatch: pytest.Mon
             pipeline.run_pipeline(load_preset("tiny"), tmp_path / "out", device="cpu", progress=False)
         said = [r.getMessage() for r in caplog.records if "abc1234+dirty" in r.getMessage()]
         assert bool(said) == warned, said
+
+
+def test_verdict_names_the_views_and_drops_that_disagree() -> None:
+    from eval.pipeline_report import _disagreements
+
+    a = {"secondary": [{"rule": "pareto-linear", "pair": "F - I", "over": "attacks", "verdict": "not detected"},
+                       {"rule": "step-pareto-range", "pair": "F - I", "over": "attacks", "verdict": "not detected"},
+                       {"rule": "step-own-range", "pair": "F - I", "over": "attacks", "verdict": "reproduced"},
+                       {"rule": "interpolate", "pair": "F - I", "over": "attacks", "verdict": "not detected"}],
+         "influence": [{"pair": "F - I", "over": "attacks", "models": 9, "flips": [{}, {}]}]}
+    assert _disagreements(a, "F - I", "attacks", "reproduced") == \
+        "non-dominated range: not detected; leave one model out: 2 of 9 drops"
+    assert _disagreements({**a, "influence": []}, "F - I", "attacks", "not detected") == \
+        "range cut at the lower top model: reproduced"
+    assert _disagreements({}, "F - I", "attacks", "reproduced") == "none"
