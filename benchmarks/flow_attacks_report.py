@@ -13,7 +13,9 @@ The checks (issue 17):
 3. ... at no more model queries on every pair (the wall time is reported beside it). Its second
    reading, "no more than its cost" as the model queries summed over the pairs (the summed wall
    time beside it), is reported too; where the two readings disagree the report says the
-   verdict flips. With ``noise.json`` the second reading is also given at the other seeds.
+   verdict flips. With ``noise.json`` the second reading is also given at the other seeds. What
+   decides the per-pair reading (the robust examples, through the masking check both versions
+   share) is :mod:`benchmarks.flow_attacks_cost`.
 
 With ``noise.json`` (``--noise-floor``: both suites again at other attack seeds) the report adds the
 second check's noise floor: how often a suite passes the check against itself run with another
@@ -36,6 +38,8 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from .flow_attacks_cost import cost_lines
 
 __all__ = ["attacks_plot", "checks", "noise_floor", "other_weights", "render"]
 
@@ -312,6 +316,10 @@ def render(result: Mapping[str, Any], noise: Mapping[str, Any] | None = None) ->
         lines += [f"**The cost part of the second check flips with its reading**: per pair it reads "
                   f"{'met' if all(c['aa_queries']) else 'not met'}, in total over the pairs "
                   f"{'met' if total_ok else 'not met'}. It is no verdict.", ""]
+    seeds: dict[int, list[Mapping[str, Any]]] = {0: list(result["rows"])}
+    for r in noise["rows"] if noise is not None else []:
+        seeds.setdefault(int(r["seed"]), []).append(r)
+    lines += cost_lines(seeds, budgets)
     if noise is not None:
         lines += _noise_lines(result, noise)
     return "\n".join(lines)

@@ -258,3 +258,24 @@ def test_a_crashed_run_resumes_its_finished_pairs_and_leaves_no_debris(tmp_path:
     monkeypatch.setattr(fa, "_models", lambda out, device: [("wrong", wrong)])
     result = fa.run(tmp_path, n=8, budgets=(0.5,), progress=False)
     assert [(r["clean"], r["robust"], r["queries"]) for r in result["rows"]] == [(0, 0, 0)] and len(calls) == 13
+
+
+def test_the_cost_decomposition_counts_pairs_by_the_difference_in_robust_examples() -> None:
+    from benchmarks.flow_attacks_cost import cost_decomposition
+
+    def pair(m: str, eps: float, d: int, extra: int) -> list[dict[str, Any]]:  # legacy 10 robust, 30,000 queries
+        return [_row(m, eps, "FlowAutoAttack legacy", 10, 30_000), _row(m, eps, "FlowAutoAttack standard", 10 + d,
+                                                                       30_000 + extra)]
+
+    rows = pair("a", 0.5, +1, 1) + pair("b", 0.5, 0, -1) + pair("c", 0.5, -1, -5) + pair("a", 0.25, 0, 7)
+    dec = cost_decomposition(rows, es_queries=1000)
+    assert dec["costlier"] == {0: 1, 1: 1} and dec["cheaper"] == {-1: 1, 0: 1} and dec["excess_at_0"] == 7
+    # 0.5 px: standard 11 + 10 + 9 = 30 robust x 1,000 of 89,995 queries; legacy 30 x 1,000 of 90,000
+    assert dec["es_share"][0.5] == (30_000 / 89_995, 30_000 / 90_000)
+    result = _result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(100, 101))  # costlier at d = +1
+    text = render(result)
+    assert "## What decides the cost clause per pair" in text and "| 0 | 2 at d = +1 | none |" in text
+    assert "each pair where the standard version cost more is one where it left at least as many" in text
+    # a costlier pair with fewer robust examples: the sentence is not said
+    result["rows"][-1]["robust"] = 1
+    assert "one where it left at least as many" not in render(result)
