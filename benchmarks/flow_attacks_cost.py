@@ -102,7 +102,7 @@ def cost_lines(seeds: Mapping[int, Sequence[Mapping[str, Any]]], budgets: Sequen
                       f"at most {max(dec['excess_at_0'] for dec in decomposition.values()):,} more there). Per pair, \"at no more than its cost\" "
                       f"thus comes close to \"no more robust examples than legacy\", without the one example of slack "
                       f"that the robust-accuracy clause allows."]
-    lines += ["", "A smaller check would make the standard version cheaper on every pair; what it would lose on "
-                  "gradient-masked models is measured by `python -m benchmarks.flow_es_masking` (masking.md beside "
-                  "this report)."]
+    lines += ["", "A smaller check would shrink what each robust example costs, not the pairs at d = 0 where the "
+                  "members before the check cost more; what it would lose on gradient-masked models is measured by "
+                  "`python -m benchmarks.flow_es_masking` (masking.md beside this report)."]
     return lines + [""]

@@ -2,8 +2,7 @@
 
 ``python -m benchmarks.flow_es_masking`` (issue 17): both FlowAutoAttack versions end with FlowES,
 the gradient-free masking check, and it is most of their cost (``results/attacks/report.md``,
-"What decides the cost clause per pair"). A cheaper check would make the standard version cheaper
-than the legacy one on every pair, so this measures what the check's queries buy where it
+"What decides the cost clause per pair"). This measures what the check's queries buy where it
 matters: on the 10 models of :mod:`benchmarks.flow_attacks` (reused from ``OUT/cache``) behind an
 input quantization with an exactly zero input gradient (:class:`InputQuantized`; gradient masking
 by discretization, which blinds every gradient attack), on the held-out test images 200-319, at
