@@ -98,7 +98,7 @@ def cost_lines(seeds: Mapping[int, Sequence[Mapping[str, Any]]], budgets: Sequen
                   f"{es_queries:,} over all queries): {share}."]
     if costlier_d and min(costlier_d) >= 0:
         lines += ["", f"At every seed, each pair where the standard version cost more is one where it left at least as "
-                      f"many robust examples as legacy (d >= 0); at d = 0 the gradient members' queries decide (standard cost "
+                      f"many robust examples as legacy (d >= 0); at d = 0 the members before the check decide (standard cost "
                       f"at most {max(dec['excess_at_0'] for dec in decomposition.values()):,} more there). Per pair, \"at no more than its cost\" "
                       f"thus comes close to \"no more robust examples than legacy\", without the one example of slack "
                       f"that the robust-accuracy clause allows."]
