@@ -45,12 +45,22 @@ from torchattacks_deform.autoattack import version_members
 from . import flow_attacks, partial
 from .flow_attacks import BUDGETS, HELD_OUT
 
-__all__ = ["CUTS", "InputQuantized", "main", "render", "run"]
+__all__ = ["CUTS", "InputQuantized", "main", "query_cuts", "render", "run"]
 
 logger = logging.getLogger(__name__)
 
-#: FlowES query counts (its clean check, then 20 per step) at which finds are counted: 25, 50, 100 steps.
-CUTS = (501, 1001, 2001)
+#: The fractions of FlowES's steps after which its finds are counted (its clean check, then ``population`` queries a step).
+CUTS = (0.25, 0.5, 1.0)
+
+
+def query_cuts(population: int, steps: int) -> list[int]:
+    """FlowES's query counts after each fraction of :data:`CUTS` of its steps.
+
+    Example:
+        >>> query_cuts(20, 100)
+        [501, 1001, 2001]
+    """
+    return [1 + population * round(steps * f) for f in CUTS]
 
 
 class InputQuantized(nn.Module):
@@ -108,7 +118,8 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
                 fooled = masked(adv).argmax(1) != ys
             row[member] = int(fooled.sum())
             if member == "FlowES":
-                row["es_within"] = {str(c): int((fooled & (atk.last_queries <= c)).sum()) for c in CUTS}
+                cuts = query_cuts(int(kwargs["population"]), int(kwargs["steps"]))
+                row["es_within"] = {str(c): int((fooled & (atk.last_queries <= c)).sum()) for c in cuts}
                 row["es_queries"] = 1 + int(kwargs["population"]) * int(kwargs["steps"])
         rows.append(row)
         logger.debug("%s", row)
@@ -137,8 +148,8 @@ def render(result: Mapping[str, Any]) -> str:
     """
     rows = result["rows"]
     lo, hi = result["images"]
-    cuts = list(rows[0]["es_within"]) if rows else [str(c) for c in CUTS]
-    full = max(cuts, key=int)
+    cuts = list(rows[0]["es_within"]) if rows else []
+    full = max(cuts, key=int) if cuts else ""
     lines = ["# FlowAutoAttack's masking check on gradient-masked models (issue 17)", "",
              f"- Command: `{result['command']}` at revision `{result['git_revision']}`; {result['machine']}; "
              f"wall time {result['wall_s']:.0f} s" + (" (resumed after an interruption)" if result.get("resumed") else ""),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.flow_es_masking import CUTS, InputQuantized, main, render, run
+from benchmarks.flow_es_masking import InputQuantized, main, query_cuts, render, run
 
 
 def test_input_quantized_rounds_and_has_a_zero_input_gradient() -> None:
@@ -32,7 +32,7 @@ def test_run_counts_finds_by_queries_and_leaves_no_debris(tmp_path: Path, monkey
     monkeypatch.setattr(fa, "_models", lambda out, device: [("m", model)])
     result = run(tmp_path, budgets=(1.0,), images=(0, 8), progress=False)
     (row,) = result["rows"]
-    within = [row["es_within"][str(c)] for c in CUTS]
+    within = [row["es_within"][str(c)] for c in query_cuts(20, 100)]
     assert within == sorted(within) and within[-1] <= row["FlowES"] <= row["clean"] <= 8
     assert row["es_queries"] == 2001 and row["FlowAPGD-CE"] <= row["clean"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masking.json"]  # no partial, lock or temporaries
@@ -45,7 +45,7 @@ def test_run_counts_finds_by_queries_and_leaves_no_debris(tmp_path: Path, monkey
 def test_render_says_what_a_smaller_check_would_have_found() -> None:
     def row(m: str, within: tuple[int, int, int]) -> dict[str, Any]:
         return {"model": m, "eps": 0.5, "n": 10, "clean": 9, "FlowAPGD-CE": 0, "FlowES": within[-1],
-                "es_queries": 2001, "es_within": dict(zip(map(str, CUTS), within))}
+                "es_queries": 2001, "es_within": dict(zip(map(str, query_cuts(20, 100)), within))}
 
     text = render({"command": "c", "git_revision": "r", "machine": "x", "wall_s": 3.0, "images": [200, 320],
                    "rows": [row("a", (1, 2, 4)), row("b", (2, 3, 4))]})
