@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 __all__ = ["cost_decomposition", "cost_lines", "suite_es_queries"]
@@ -91,18 +92,19 @@ def cost_lines(seeds: Mapping[int, Sequence[Mapping[str, Any]]], budgets: Sequen
     for s, dec in decomposition.items():
         lines.append(f"| {s} | {_by_d(dec['costlier'])} | {_by_d(dec['cheaper'])} |")
     first = next(iter(decomposition.values()))
-    share = "; ".join(f"{eps:g} px: at least {100 * first['es_share'][eps][0]:.0f}% of standard's and "
-                      f"{100 * first['es_share'][eps][1]:.0f}% of legacy's" for eps in budgets)
+    share = "; ".join(f"{eps:g} px: at least {math.floor(100 * first['es_share'][eps][0])}% of standard's and "
+                      f"{math.floor(100 * first['es_share'][eps][1])}% of legacy's" for eps in budgets)
     costlier_d = sorted({d for dec in decomposition.values() for d in dec["costlier"]})
     lines += ["", f"FlowES's share of the queries at attack seed {next(iter(decomposition))} (robust examples x "
                   f"{es_queries:,} over all queries): {share}."]
     if costlier_d and min(costlier_d) >= 0:
         lines += ["", f"At every seed, each pair where the standard version cost more is one where it left at least as "
-                      f"many robust examples as legacy (d >= 0); at d = 0 the members before the check decide (standard cost "
-                      f"at most {max(dec['excess_at_0'] for dec in decomposition.values()):,} more there). Per pair, \"at no more than its cost\" "
-                      f"thus comes close to \"no more robust examples than legacy\", without the one example of slack "
-                      f"that the robust-accuracy clause allows."]
-    lines += ["", "A smaller check would shrink what each robust example costs, not the pairs at d = 0 where the "
-                  "members before the check cost more; what it would lose on gradient-masked models is measured by "
-                  "`python -m benchmarks.flow_es_masking` (masking.md beside this report)."]
+                      f"many robust examples as legacy (d >= 0), though not every such pair cost more; at d = 0 the members before "
+                      f"the check and the examples the check fooled decide (standard cost at most "
+                      f"{max(dec['excess_at_0'] for dec in decomposition.values()):,} more there, over the seeds). Per "
+                      f"pair, \"at no more than its cost\" thus comes close to \"no more robust examples than legacy\", "
+                      f"without the one example of slack that the robust-accuracy clause allows."]
+    lines += ["", "A smaller check would make each robust example cost less, and fool fewer examples; what it would "
+                  "lose on gradient-masked models is measured by `python -m benchmarks.flow_es_masking` (masking.md "
+                  "beside this report)."]
     return lines + [""]
