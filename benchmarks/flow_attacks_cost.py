@@ -72,6 +72,11 @@ def cost_decomposition(rows: Sequence[Mapping[str, Any]], es_queries: int) -> di
             "excess_at_0": excess_at_0}
 
 
+def _floor_percent(fraction: float) -> str:
+    """A lower bound as a percentage, rounded down ("n/a" where nothing was queried)."""
+    return "n/a" if math.isnan(fraction) else f"{math.floor(100 * fraction)}%"
+
+
 def _by_d(counts: Mapping[int, int]) -> str:
     return ", ".join(f"{n} at d = {d:+d}" for d, n in counts.items()) or "none"
 
@@ -92,8 +97,8 @@ def cost_lines(seeds: Mapping[int, Sequence[Mapping[str, Any]]], budgets: Sequen
     for s, dec in decomposition.items():
         lines.append(f"| {s} | {_by_d(dec['costlier'])} | {_by_d(dec['cheaper'])} |")
     first = next(iter(decomposition.values()))
-    share = "; ".join(f"{eps:g} px: at least {math.floor(100 * first['es_share'][eps][0])}% of standard's and "
-                      f"{math.floor(100 * first['es_share'][eps][1])}% of legacy's" for eps in budgets)
+    share = "; ".join(f"{eps:g} px: at least {_floor_percent(first['es_share'][eps][0])} of standard's and "
+                      f"{_floor_percent(first['es_share'][eps][1])} of legacy's" for eps in budgets)
     costlier_d = sorted({d for dec in decomposition.values() for d in dec["costlier"]})
     lines += ["", f"FlowES's share of the queries at attack seed {next(iter(decomposition))} (robust examples x "
                   f"{es_queries:,} over all queries): {share}."]
