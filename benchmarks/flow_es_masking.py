@@ -9,7 +9,10 @@ by discretization, which blinds every gradient attack), on the held-out test ima
 0.25 / 0.5 / 0.75 px. Per model and budget it runs the standard version's FlowAPGD-CE (to show the
 gradients are masked) and its FlowES (attack seed 0), and counts the examples FlowES fooled after
 at most 500, 1,000 and all 2,000 of its steps' queries (FlowES stops an example at its first
-fooling candidate, and a run with a smaller budget draws the same candidates up to it).
+fooling candidate, and a run with a smaller budget draws the same candidates up to it). Beside
+it, :class:`~torchattacks_deform.FlowSquare` (the Square Attack's random search on flows, at
+AutoAttack's ``p_init``) runs with 1,000 and with 2,000 queries, each a run of its own (its
+schedule scales with its budget).
 
 It writes ``OUT/masking.json`` and ``OUT/masking.md``; a crashed run resumes its finished pairs
 (:mod:`benchmarks.partial`). About 10 minutes on a 2-core Xeon.
@@ -40,6 +43,7 @@ from deform_robust.data import load_test_data
 from deform_robust.provenance import git_revision
 from eval.provenance import machine as provenance_machine
 from fgr_defense.files import OutputLock, atomic_write_text, remove_stale_temporaries
+from torchattacks_deform import FlowSquare
 from torchattacks_deform.autoattack import version_members
 
 from . import flow_attacks, partial
@@ -49,6 +53,8 @@ __all__ = ["CUTS", "InputQuantized", "main", "query_cuts", "render", "run"]
 
 logger = logging.getLogger(__name__)
 
+#: FlowSquare's query budgets (the clean check included, as FlowES's 1 + 20 x 50 and 1 + 20 x 100).
+SQUARE_QUERIES = (1001, 2001)
 #: The fractions of FlowES's steps after which its finds are counted (its clean check, then ``population`` queries a step).
 CUTS = (0.25, 0.5, 1.0)
 
@@ -77,7 +83,8 @@ class InputQuantized(nn.Module):
 
 def run(out: str | Path, budgets: Sequence[float] = BUDGETS, images: Sequence[int] = HELD_OUT,
         device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Reuse (or train) the models, run FlowAPGD-CE and FlowES on their masked versions, write ``masking.json``."""
+    """Reuse (or train) the models, run FlowAPGD-CE, FlowES and FlowSquare on their masked versions, write
+    ``masking.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):
@@ -94,7 +101,8 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
     machine = f"{provenance_machine(device)['cpu']} ({torch.get_num_threads()} torch threads)"
     members = {eps: {name: (cls, kw) for name, cls, kw in version_members("standard", eps)} for eps in budgets}
     key = partial.resume_key("masking", list(images), budgets, device, machine, models,
-                             {repr(eps): ["FlowAPGD-CE", "FlowES"] for eps in budgets})
+                             {repr(eps): ["FlowAPGD-CE", "FlowES", *(f"FlowSquare {q}" for q in SQUARE_QUERIES)]
+                              for eps in budgets})
     partial_file = out / ".masking.partial.json"
     done, elapsed = partial.load(partial_file, key)
     rows: list[dict[str, Any]] = []
@@ -109,8 +117,9 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
             correct = masked(x).argmax(1) == y
         xs, ys = x[correct], y[correct]
         row: dict[str, Any] = {"model": name, "eps": eps, "n": int(len(y)), "clean": int(correct.sum())}
-        for member in ("FlowAPGD-CE", "FlowES"):
-            cls, kwargs = members[eps][member]
+        attacks = [(m, *members[eps][m]) for m in ("FlowAPGD-CE", "FlowES")]
+        attacks += [(f"FlowSquare {q}", FlowSquare, dict(eps=eps, queries=q, seed=0)) for q in SQUARE_QUERIES]
+        for member, cls, kwargs in attacks:
             atk = cls(masked, **kwargs)
             torch.manual_seed(0)
             adv = atk(xs, ys)
@@ -126,7 +135,7 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
         done[pair] = [row]
         partial.save(partial_file, key, done, elapsed + time.perf_counter() - t0)
     argv = " ".join(["python -m benchmarks.flow_es_masking", *sys.argv[1:]]) if __name__ == "__main__" else None
-    result = {"format": "deform-robust-flow-es-masking/1", "command": argv or "benchmarks.flow_es_masking.run",
+    result = {"format": "deform-robust-flow-es-masking/2", "command": argv or "benchmarks.flow_es_masking.run",
               "git_revision": git_revision(exclude=out), "images": list(images), "budgets": list(budgets),
               "device": device, "machine": machine, "torch": torch.__version__,
               "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "models": key["models"],
@@ -145,11 +154,18 @@ def render(result: Mapping[str, Any]) -> str:
         >>> text = render(dict(command="c", git_revision="r", machine="x", wall_s=1.0, images=[0, 4], rows=[row]))
         >>> "| m | 0.5 | 4 | 0 | 1 | 1 | 2 |" in text, "1 of the 2 examples" in text
         (True, True)
+        >>> row["FlowSquare 1001"] = 3
+        >>> text = render(dict(command="c", git_revision="r", machine="x", wall_s=1.0, images=[0, 4], rows=[row]))
+        >>> "| m | 0.5 | 4 | 0 | 1 | 1 | 2 | 3 |" in text, "at least as many on 1 of 1 model" in text
+        (True, True)
     """
     rows = result["rows"]
     lo, hi = result["images"]
     cuts = list(rows[0]["es_within"]) if rows else []
     full = max(cuts, key=int) if cuts else ""
+    squares = [k for k in rows[0] if k.startswith("FlowSquare ")] if rows else []
+    heads = [f"FlowES, {int(c) - 1:,} queries" for c in cuts] + [f"FlowSquare, {int(k.split()[1]) - 1:,} queries"
+                                                                   for k in squares]
     lines = ["# FlowAutoAttack's masking check on gradient-masked models (issue 17)", "",
              f"- Command: `{result['command']}` at revision `{result['git_revision']}`; {result['machine']}; "
              f"wall time {result['wall_s']:.0f} s" + (" (resumed after an interruption)" if result.get("resumed") else ""),
@@ -157,20 +173,29 @@ def render(result: Mapping[str, Any]) -> str:
              f"comparison behind an input quantization to 1/255 with a zero input gradient (gradient masking by "
              f"discretization). Per model and budget, the examples classified correctly, then those fooled by the "
              f"standard version's FlowAPGD-CE and by its FlowES (attack seed 0) after at most the given number of "
-             f"FlowES's model queries.", "",
-             "| model | budget | correct | FlowAPGD-CE | " + " | ".join(f"FlowES, {int(c) - 1:,} queries" for c in cuts)
-             + " |", "|---|---|---|---|" + "---|" * len(cuts)]
+             f"FlowES's model queries"
+             + (", and by FlowSquare (seed 0) run with the given number of queries." if squares else "."), "",
+             "| model | budget | correct | FlowAPGD-CE | " + " | ".join(heads) + " |",
+             "|---|---|---|---|" + "---|" * len(heads)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['eps']:g} | {r['clean']} | {r['FlowAPGD-CE']} | "
-                     + " | ".join(str(r["es_within"][c]) for c in cuts) + " |")
+                     + " | ".join([*(str(r["es_within"][c]) for c in cuts), *(str(r[k]) for k in squares)]) + " |")
     totals = {c: sum(r["es_within"][c] for r in rows) for c in cuts}
+    square_totals = {k: sum(r[k] for r in rows) for k in squares}
     grad = sum(r["FlowAPGD-CE"] for r in rows)
     lines += [f"| **total** | | {sum(r['clean'] for r in rows)} | {grad} | "
-              + " | ".join(f"**{totals[c]}**" for c in cuts) + " |", ""]
+              + " | ".join([*(f"**{totals[c]}**" for c in cuts), *(f"**{square_totals[k]}**" for k in squares)])
+              + " |", ""]
     for c in cuts:
         if c != full and totals[full]:
             lines.append(f"- A check of {int(c) - 1:,} queries would have fooled {totals[c]} of the {totals[full]} "
                          f"examples the full check fooled ({100 * (1 - totals[c] / totals[full]):.0f}% fewer).")
+    for k in squares:
+        if full:
+            wins = sum(r[k] >= r["es_within"][full] for r in rows)
+            lines.append(f"- FlowSquare with {int(k.split()[1]) - 1:,} queries fooled {square_totals[k]} examples, FlowES "
+                         f"with {int(full) - 1:,} fooled {totals[full]}; at least as many on {wins} of {len(rows)} model "
+                         f"x budget pairs.")
     return "\n".join(lines + [""])
 
 

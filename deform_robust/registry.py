@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: The flow attacks of torchattacks_deform known by their bare class name.
-FLOW_FAMILIES = ("FlowFGSM", "FlowPGD", "FlowAPGD", "FlowAPGDT", "StAdv", "FlowES", "FlowAutoAttack")
+FLOW_FAMILIES = ("FlowFGSM", "FlowPGD", "FlowAPGD", "FlowAPGDT", "StAdv", "FlowES", "FlowSquare", "FlowAutoAttack")
 #: Parameters the harness consumes itself (module docstring).
 HARNESS_PARAMS = ("alpha_ratio",)
 

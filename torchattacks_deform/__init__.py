@@ -30,6 +30,7 @@ from .flow import (
 )
 from .losses import attack_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from .pgd import FlowPGD
+from .square import FlowSquare
 from .stadv import StAdv
 
 __version__ = "0.2.0"
@@ -43,6 +44,7 @@ __all__ = [
     "FlowES",
     "FlowFGSM",
     "FlowPGD",
+    "FlowSquare",
     "RobustnessCurve",
     "RobustnessReport",
     "StAdv",

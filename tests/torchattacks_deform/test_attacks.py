@@ -1,4 +1,5 @@
-"""The contract every flow attack keeps (parametrized over FlowFGSM, FlowPGD, StAdv, FlowES, FlowAPGD, FlowAPGDT)."""
+"""The contract every flow attack keeps (parametrized over FlowFGSM, FlowPGD, StAdv, FlowES, FlowSquare, FlowAPGD,
+FlowAPGDT)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torchattacks_deform import (
     FlowES,
     FlowFGSM,
     FlowPGD,
+    FlowSquare,
     StAdv,
     warp,
 )
@@ -31,14 +33,15 @@ FACTORIES: dict[str, Callable[[nn.Module], FlowAttack]] = {
     "FlowPGD": lambda m: FlowPGD(m, eps=1.0, steps=3),
     "StAdv": lambda m: StAdv(m, steps=5, bound=1.0),
     "FlowES": lambda m: FlowES(m, eps=1.0, population=4, steps=3),
+    "FlowSquare": lambda m: FlowSquare(m, eps=1.0, queries=12),
     "FlowAPGD": lambda m: FlowAPGD(m, eps=1.0, steps=4, loss="dlr"),
     "FlowAPGDT": lambda m: FlowAPGDT(m, eps=1.0, steps=3, n_target_classes=2),
 }
 NAMES = list(FACTORIES)
-BUDGET_ARG = {"FlowFGSM": "eps", "FlowPGD": "eps", "StAdv": "bound", "FlowES": "eps", "FlowAPGD": "eps",
-              "FlowAPGDT": "eps"}
+BUDGET_ARG = {"FlowFGSM": "eps", "FlowPGD": "eps", "StAdv": "bound", "FlowES": "eps", "FlowSquare": "eps",
+              "FlowAPGD": "eps", "FlowAPGDT": "eps"}
 CLASSES: dict[str, Any] = {"FlowFGSM": FlowFGSM, "FlowPGD": FlowPGD, "StAdv": StAdv, "FlowES": FlowES,
-                           "FlowAPGD": FlowAPGD, "FlowAPGDT": FlowAPGDT}
+                           "FlowSquare": FlowSquare, "FlowAPGD": FlowAPGD, "FlowAPGDT": FlowAPGDT}
 
 MEAN, STD = [0.1307], [0.3081]
 
@@ -160,10 +163,11 @@ class TestContract:
         with pytest.raises(TypeError, match=budget):
             cls(model, **{budget: "1"})
         if name != "FlowFGSM":
-            with pytest.raises(ValueError, match="steps"):
-                cls(model, steps=-1)
-            with pytest.raises(TypeError, match="steps"):
-                cls(model, steps=2.5)
+            count = "queries" if name == "FlowSquare" else "steps"  # its iteration count is its query budget
+            with pytest.raises(ValueError, match=count):
+                cls(model, **{count: -1})
+            with pytest.raises(TypeError, match=count):
+                cls(model, **{count: 2.5})
         if name in ("FlowFGSM", "FlowPGD"):
             with pytest.raises(ValueError, match="norm"):
                 cls(model, norm="L1")
@@ -183,8 +187,9 @@ class TestContract:
 
     def test_targeted_mode_runs(self, name: str, model: nn.Module, small: tuple[Tensor, Tensor]) -> None:
         x, y = small
-        # FlowES needs more than the contract's 12 queries to reach a target class
-        atk = FlowES(model, eps=1.0, population=10, steps=30) if name == "FlowES" else FACTORIES[name](model)
+        # the gradient-free attacks need more than the contract's 12 queries to reach a target class
+        atk = (FlowES(model, eps=1.0, population=10, steps=30) if name == "FlowES" else
+               FlowSquare(model, eps=1.0, queries=300) if name == "FlowSquare" else FACTORIES[name](model))
         if name in ("FlowAPGD", "FlowAPGDT"):  # AutoAttack's APGD and APGD-T: untargeted to the user
             with pytest.raises(ValueError, match="Targeted mode is not supported"):
                 atk.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10, quiet=True)
@@ -269,6 +274,7 @@ class TestSelfDescription:
         "FlowPGD": ("multi-step", True, "eps", 10.0),
         "StAdv": ("optimization", True, "bound", 50.0),
         "FlowES": ("gradient-free", False, "eps", 20 * 50 / 3),
+        "FlowSquare": ("gradient-free", False, "eps", 1000 / 3),
         "FlowAPGD": ("multi-step", True, "eps", 100.0),
         "FlowAPGDT": ("multi-step", True, "eps", 900.0),
     }

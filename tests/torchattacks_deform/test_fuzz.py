@@ -23,6 +23,7 @@ from torchattacks_deform import (
     FlowES,
     FlowFGSM,
     FlowPGD,
+    FlowSquare,
     StAdv,
     flow_norm,
     project_flow,
@@ -143,11 +144,13 @@ PARAMS: dict[Any, tuple[dict[str, Any], dict[str, Any]]] = {
                                "clip_positions": st.sampled_from([True, False, "no"])}),
     FlowES: ({"steps": COUNT, "population": st.sampled_from([2, 4, 2, 4, 3, 0, -2, 4.0, "4"])},
              {"eps": NUMBER, "sigma": NUMBER, "alpha": NUMBER, "max_batch": st.sampled_from([1, 7, 4096, 0, -1, 2.5])}),
+    FlowSquare: ({"queries": st.one_of(st.integers(2, 6), st.sampled_from([1, 0, 2.0, math.inf, "2", None, False]))},
+                 {"eps": NUMBER, "p_init": NUMBER, "seed": st.sampled_from([0, 3, None, -1, 1.5])}),
     FlowAutoAttack: ({"version": st.sampled_from(["custom"] * 6 + ["fast", "plus"])},
                      {"eps": NUMBER, "norm": st.sampled_from(["Linf", "L2", "L0"])}),
 }
 CALL_NAMES = ("images", "labels", "target labels", "flow", "model output", "lr", "set_normalization_used",
-              "FlowFGSM", "FlowPGD", "StAdv", "FlowES")
+              "FlowFGSM", "FlowPGD", "StAdv", "FlowES", "FlowSquare")
 
 
 def tiny() -> nn.Module:

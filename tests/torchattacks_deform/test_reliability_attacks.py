@@ -25,6 +25,7 @@ from torchattacks_deform import (
     FlowES,
     FlowFGSM,
     FlowPGD,
+    FlowSquare,
     StAdv,
     flow_smoothness_loss,
     normalized_to_pixels,
@@ -107,6 +108,7 @@ FACTORIES: dict[str, Callable[[nn.Module], FlowAttack]] = {
     "FlowPGD": lambda m: FlowPGD(m, eps=0.5, steps=2, restarts=2),
     "StAdv": lambda m: StAdv(m, steps=2, bound=0.5),
     "FlowES": lambda m: FlowES(m, eps=0.5, population=4, steps=2),
+    "FlowSquare": lambda m: FlowSquare(m, eps=0.5, queries=6),
     "FlowAutoAttack": lambda m: FlowAutoAttack(m, eps=0.5, version="fast"),
 }
 
@@ -117,6 +119,7 @@ for _cls, _params in [
     (FlowPGD, ["eps", "alpha"]),
     (StAdv, ["tau", "lr", "bound", "smooth_eps"]),
     (FlowES, ["eps", "sigma", "alpha"]),
+    (FlowSquare, ["eps", "p_init"]),
     (FlowAutoAttack, ["eps"]),
 ]:
     for _p in _params:
@@ -126,7 +129,7 @@ for _cls, _params in [
                        (_cls, _p, -1.0, ValueError, rf"^{_p}: expected a finite number"),
                        (_cls, _p, "1", TypeError, rf"^{_p}: expected a finite number")]
 for _cls, _p, _min in [(FlowPGD, "steps", 0), (FlowPGD, "restarts", 1), (StAdv, "steps", 0), (FlowES, "steps", 0),
-                       (FlowES, "max_batch", 1)]:
+                       (FlowES, "max_batch", 1), (FlowSquare, "queries", 2), (FlowSquare, "seed", 0)]:
     BAD_PARAMS += [(_cls, _p, _min - 1, ValueError, rf"^{_p}: expected an int >= {_min}"),
                    (_cls, _p, math.inf, TypeError, rf"^{_p}: expected an int"),
                    (_cls, _p, 2.0, TypeError, rf"^{_p}: expected an int"),
@@ -142,6 +145,8 @@ BAD_PARAMS += [
     (FlowPGD, "padding_mode", "wrap", ValueError, r"^padding_mode: expected one of"),
     (FlowES, "population", 3, ValueError, r"^population: expected an even number"),
     (FlowES, "population", math.nan, TypeError, r"^population: expected an int"),
+    (FlowSquare, "p_init", 1.5, ValueError, r"^p_init: expected a fraction in \(0, 1\]"),
+    (FlowSquare, "p_init", 0.0, ValueError, r"^p_init: expected a fraction in \(0, 1\]"),
     (FlowAutoAttack, "version", "plus", ValueError, r"^version: expected one of"),
     (FlowAutoAttack, "norm", "L1", ValueError, r"^norm: expected one of"),
 ]
