@@ -53,8 +53,8 @@ __all__ = ["CUTS", "InputQuantized", "main", "query_cuts", "render", "run"]
 
 logger = logging.getLogger(__name__)
 
-#: FlowSquare's query budgets (the clean check included, as FlowES's 1 + 20 x 50 and 1 + 20 x 100).
-SQUARE_QUERIES = (1001, 2001)
+#: FlowSquare's query budgets (its clean check included).
+SQUARE_QUERIES = (1000, 2000)
 #: The fractions of FlowES's steps after which its finds are counted (its clean check, then ``population`` queries a step).
 CUTS = (0.25, 0.5, 1.0)
 
@@ -154,7 +154,7 @@ def render(result: Mapping[str, Any]) -> str:
         >>> text = render(dict(command="c", git_revision="r", machine="x", wall_s=1.0, images=[0, 4], rows=[row]))
         >>> "| m | 0.5 | 4 | 0 | 1 | 1 | 2 |" in text, "1 of the 2 examples" in text
         (True, True)
-        >>> row["FlowSquare 1001"] = 3
+        >>> row["FlowSquare 1000"] = 3
         >>> text = render(dict(command="c", git_revision="r", machine="x", wall_s=1.0, images=[0, 4], rows=[row]))
         >>> "| m | 0.5 | 4 | 0 | 1 | 1 | 2 | 3 |" in text, "at least as many on 1 of 1 model" in text
         (True, True)
@@ -164,7 +164,7 @@ def render(result: Mapping[str, Any]) -> str:
     cuts = list(rows[0]["es_within"]) if rows else []
     full = max(cuts, key=int) if cuts else ""
     squares = [k for k in rows[0] if k.startswith("FlowSquare ")] if rows else []
-    heads = [f"FlowES, {int(c) - 1:,} queries" for c in cuts] + [f"FlowSquare, {int(k.split()[1]) - 1:,} queries"
+    heads = [f"FlowES, {int(c) - 1:,} queries" for c in cuts] + [f"FlowSquare, {int(k.split()[1]):,} queries"
                                                                    for k in squares]
     lines = ["# FlowAutoAttack's masking check on gradient-masked models (issue 17)", "",
              f"- Command: `{result['command']}` at revision `{result['git_revision']}`; {result['machine']}; "
@@ -193,7 +193,7 @@ def render(result: Mapping[str, Any]) -> str:
     for k in squares:
         if full:
             wins = sum(r[k] >= r["es_within"][full] for r in rows)
-            lines.append(f"- FlowSquare with {int(k.split()[1]) - 1:,} queries fooled {square_totals[k]} examples, FlowES "
+            lines.append(f"- FlowSquare with {int(k.split()[1]):,} queries fooled {square_totals[k]} examples, FlowES "
                          f"with {int(full) - 1:,} fooled {totals[full]}; at least as many on {wins} of {len(rows)} model "
                          f"x budget pairs.")
     return "\n".join(lines + [""])

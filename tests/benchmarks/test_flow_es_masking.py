@@ -35,7 +35,7 @@ def test_run_counts_finds_by_queries_and_leaves_no_debris(tmp_path: Path, monkey
     within = [row["es_within"][str(c)] for c in query_cuts(20, 100)]
     assert within == sorted(within) and within[-1] <= row["FlowES"] <= row["clean"] <= 8
     assert row["es_queries"] == 2001 and row["FlowAPGD-CE"] <= row["clean"]
-    assert 0 <= row["FlowSquare 1001"] <= row["clean"] and 0 <= row["FlowSquare 2001"] <= row["clean"]
+    assert 0 <= row["FlowSquare 1000"] <= row["clean"] and 0 <= row["FlowSquare 2000"] <= row["clean"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masking.json"]  # no partial, lock or temporaries
     assert main(["--out", str(tmp_path), "--render"]) == 0
     assert "| m | 1 | " in (tmp_path / "masking.md").read_text()
