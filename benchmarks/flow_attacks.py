@@ -5,14 +5,14 @@ families (Standard, AT-PGD, 2 IGR, 3 FGR, 3 FGR+RS weights; seed 0, the preset's
 trained into ``OUT/cache`` or reused from there), at 0.25 / 0.5 / 0.75 px, on the first ``--n``
 MNIST-5k test images, it runs
 
-- at 100 forward+backward passes per example each (about 300 forwards for FlowES):
+- at 100 forward+backward passes per example each (about 300 forwards for FlowES and FlowSquare):
   FlowAPGD-CE as FlowAutoAttack's standard version runs it (10 runs of 10 steps,
   :data:`~torchattacks_deform.autoattack.APGD_CE_RUNS`) and as AutoAttack runs it (1 x 100),
   FlowAPGD-T as the standard version runs it (targeted DLR,
   :data:`~torchattacks_deform.autoattack.APGD_T_RUNS`), FlowPGD-CE at 4 step sizes both as 1 x 100
   and split as FlowAPGD-CE is (10 x 10) (the best of the 4 step sizes is "FlowPGD-CE, best step"),
-  FlowPGD-margin (4 restarts x 25 steps of ``eps / 8``), StAdv (100 steps) and FlowES
-  (population 10 x 30 steps);
+  FlowPGD-margin (4 restarts x 25 steps of ``eps / 8``), StAdv (100 steps), FlowES
+  (population 10 x 30 steps) and FlowSquare (300 queries);
 - FlowAutoAttack ``"legacy"`` (FlowPGD members) and ``"standard"`` (FlowAPGD members) at their
   own cost;
 
@@ -125,7 +125,7 @@ def _apgd_t(eps: float, targets: int, runs: int, steps: int) -> AttackConfig:
 def attack_configs(eps: float) -> list[AttackConfig]:
     """The attacks compared at budget ``eps`` (module docstring)."""
     # torch, training and the attacks: imported when the benchmark runs, so that --help stays fast
-    from torchattacks_deform import FlowES, FlowPGD, StAdv
+    from torchattacks_deform import FlowES, FlowPGD, FlowSquare, StAdv
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
     steps, runs = APGD_CE_RUNS
@@ -141,6 +141,7 @@ def attack_configs(eps: float) -> list[AttackConfig]:
                                                          restarts=4)),
         AttackConfig("StAdv", lambda m: StAdv(m, bound=eps, steps=100, lr=max(eps / 5, 1e-3))),
         AttackConfig("FlowES", lambda m: FlowES(m, eps=eps, population=10, steps=30)),
+        AttackConfig("FlowSquare", lambda m: FlowSquare(m, eps=eps, queries=300)),
     ]
     return configs + suite_configs(eps)
 
@@ -210,6 +211,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
     from eval.provenance import machine as provenance_machine
     from torchattacks_deform.autoattack import APGD_CE_RUNS, APGD_T_RUNS
 
+    from .flow_attacks_cost import check_queries
     from .flow_attacks_report import other_weights
 
     t0 = time.perf_counter()
@@ -274,6 +276,7 @@ def _run(out: Path, n: int, budgets: Sequence[float], device: str, progress: boo
               "command": argv or "benchmarks.flow_attacks.run", **({"seeds": list(NOISE_SEEDS)} if noise else {}),
               "standard_apgd_ce": apgd_ce_name(APGD_CE_RUNS[1], APGD_CE_RUNS[0]),
               "standard_apgd_t": apgd_t_name(*APGD_T_RUNS),
+              "checks": {v: list(check_queries(v, max(budgets))) for v in ("standard", "legacy")},
               "git_revision": git_revision(exclude=out), "n": int(len(y)), "budgets": list(budgets),
               "images": images, "device": device, "machine": machine, "torch": torch.__version__,
               "wall_s": elapsed + time.perf_counter() - t0, "resumed": elapsed > 0, "models": key["models"],

@@ -133,6 +133,12 @@ def _resumed(result: Mapping[str, Any]) -> str:
     return " (resumed after an interruption: the finished work of the runs)" if result.get("resumed") else ""
 
 
+def _check(result: Mapping[str, Any], version: str) -> str:
+    """The gradient-free check that ends ``version`` in ``result`` (FlowES, 2,001 queries, before it was stored)."""
+    name, queries = (result.get("checks") or {}).get(version, ["FlowES", 2001])
+    return f"{name} ({int(queries):,} queries)"
+
+
 def _verdict(ok: bool) -> str:
     return f"**{'met' if ok else 'not met'}**"
 
@@ -244,8 +250,9 @@ def render(result: Mapping[str, Any], noise: Mapping[str, Any] | None = None) ->
              f"test images (robust accuracy over all of them; clean-misclassified count as not robust); "
              f"{result['machine']}, device `{result['device']}`, torch {result['torch']}; wall time "
              f"{result['wall_s']:.0f} s{_resumed(result)}",
-             f"- FlowAutoAttack `standard` = {ce} -> {result.get('standard_apgd_t', 'FlowAPGD-T')} -> StAdv -> FlowES; "
-             f"`legacy` = FlowPGD-CE (50 steps) -> FlowPGD-margin (3 x 50) -> StAdv -> FlowES. The splits of "
+             f"- FlowAutoAttack `standard` = {ce} -> {result.get('standard_apgd_t', 'FlowAPGD-T')} -> StAdv -> "
+             f"{_check(result, 'standard')}; `legacy` = FlowPGD-CE (50 steps) -> FlowPGD-margin (3 x 50) -> StAdv -> "
+             f"{_check(result, 'legacy')}. The splits of "
              f"FlowAPGD's steps into runs were chosen on held-out images: [restarts.md](restarts.md).", "",
              "![attacks](attacks.png)", ""]
     for eps in budgets:
@@ -319,7 +326,7 @@ def render(result: Mapping[str, Any], noise: Mapping[str, Any] | None = None) ->
     seeds: dict[int, list[Mapping[str, Any]]] = {0: list(result["rows"])}
     for r in noise["rows"] if noise is not None else []:
         seeds.setdefault(int(r["seed"]), []).append(r)
-    lines += cost_lines(seeds, budgets)
+    lines += cost_lines(seeds, budgets, result.get("checks"))
     if noise is not None:
         lines += _noise_lines(result, noise)
     return "\n".join(lines)

@@ -1,13 +1,13 @@
-"""How much FlowAutoAttack's masking check finds on gradient-masked models, by its query budget.
+"""How much FlowAutoAttack's gradient-free check finds on gradient-masked models, by its query budget.
 
-``python -m benchmarks.flow_es_masking`` (issue 17): both FlowAutoAttack versions end with FlowES,
-the gradient-free masking check, and it is most of their cost (``results/attacks/report.md``,
-"What decides the cost clause per pair"). This measures what the check's queries buy where it
-matters: on the 10 models of :mod:`benchmarks.flow_attacks` (reused from ``OUT/cache``) behind an
+``python -m benchmarks.flow_es_masking`` (issue 17): each FlowAutoAttack version ends with a
+gradient-free masking check (legacy: FlowES; standard: FlowSquare), and it is most of its cost
+(``results/attacks/report.md``, "What decides the cost clause per pair"). This measures what the
+check's queries buy where it matters: on the 10 models of :mod:`benchmarks.flow_attacks` (reused from ``OUT/cache``) behind an
 input quantization with an exactly zero input gradient (:class:`InputQuantized`; gradient masking
 by discretization, which blinds every gradient attack), on the held-out test images 200-319, at
 0.25 / 0.5 / 0.75 px. Per model and budget it runs the standard version's FlowAPGD-CE (to show the
-gradients are masked) and its FlowES (attack seed 0), and counts the examples FlowES fooled after
+gradients are masked) and the legacy version's FlowES (attack seed 0), and counts the examples FlowES fooled after
 at most 500, 1,000 and all 2,000 of its steps' queries (FlowES stops an example at its first
 fooling candidate, and a run with a smaller budget draws the same candidates up to it). Beside
 it, :class:`~torchattacks_deform.FlowSquare` (the Square Attack's random search on flows, at
@@ -99,7 +99,9 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
     data = load_test_data("mnist5k", n=hi)
     x, y = data.images[lo:].to(device), data.labels[lo:].to(device)
     machine = f"{provenance_machine(device)['cpu']} ({torch.get_num_threads()} torch threads)"
-    members = {eps: {name: (cls, kw) for name, cls, kw in version_members("standard", eps)} for eps in budgets}
+    # FlowAPGD-CE of the standard version, FlowES of the legacy one (the standard version ends with FlowSquare)
+    members = {eps: {name: (cls, kw) for v in ("legacy", "standard") for name, cls, kw in version_members(v, eps)}
+               for eps in budgets}
     key = partial.resume_key("masking", list(images), budgets, device, machine, models,
                              {repr(eps): ["FlowAPGD-CE", "FlowES", *(f"FlowSquare {q}" for q in SQUARE_QUERIES)]
                               for eps in budgets})
@@ -172,7 +174,7 @@ def render(result: Mapping[str, Any]) -> str:
              f"- MNIST-5k test images {lo}-{hi - 1} (held out from the comparison in report.md); the 10 models of the "
              f"comparison behind an input quantization to 1/255 with a zero input gradient (gradient masking by "
              f"discretization). Per model and budget, the examples classified correctly, then those fooled by the "
-             f"standard version's FlowAPGD-CE and by its FlowES (attack seed 0) after at most the given number of "
+             f"standard version's FlowAPGD-CE and by the legacy version's FlowES (attack seed 0) after at most the given number of "
              f"FlowES's model queries"
              + (", and by FlowSquare (seed 0) run with the given number of queries." if squares else "."), "",
              "| model | budget | correct | FlowAPGD-CE | " + " | ".join(heads) + " |",

@@ -11,9 +11,9 @@ Checks:
     - ``zero_gradients``: the loss gradient w.r.t. the input or the flow is exactly zero for
       some examples (gradient attacks cannot move them);
     - ``randomized``: two forward passes of the same batch disagree;
-    - ``es_beats_gradients``: at some budget the gradient-free FlowES leaves a lower robust
-      accuracy than every gradient attack at the same budget (the gradients are less useful
-      than random search: a classic sign of masking);
+    - ``es_beats_gradients``: at some budget a gradient-free attack (FlowES, FlowSquare) leaves
+      a lower robust accuracy than every gradient attack at the same budget (the gradients are
+      less useful than random search: a classic sign of masking);
     - ``non_monotone_budget``: robust accuracy rises with the budget for an attack (a larger
       flow budget contains the smaller one, so a sound attack cannot do worse);
     - ``budget_exceeded``: an attack returned a flow larger than its budget.

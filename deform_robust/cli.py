@@ -78,7 +78,7 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--eps", default="0.5", help="comma-separated flow budgets in pixels (Linf)")
     e.add_argument("--attacks", default="standard",
                    help="'standard', 'fast' or 'legacy' (FlowAutoAttack's members), or comma-separated flow "
-                        "attacks (FlowFGSM,FlowPGD,FlowAPGD,FlowAPGDT,StAdv,FlowES)")
+                        "attacks (FlowFGSM,FlowPGD,FlowAPGD,FlowAPGDT,StAdv,FlowES,FlowSquare)")
     e.add_argument("--cascade", action="store_true",
                    help="run the attacks as a cascade (cheaper; per-attack numbers become cumulative)")
     e.add_argument("--batch-size", type=int, default=256, help="images per batch")

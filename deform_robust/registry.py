@@ -3,7 +3,7 @@
 A config names an attack by its *family*:
 
 - a flow attack of :mod:`torchattacks_deform`: ``FlowFGSM``, ``FlowPGD``, ``FlowAPGD``,
-  ``FlowAPGDT``, ``StAdv``, ``FlowES`` and the suite ``FlowAutoAttack``. Each class describes itself (``info``: kind, gradient
+  ``FlowAPGDT``, ``StAdv``, ``FlowES``, ``FlowSquare`` and the suite ``FlowAutoAttack``. Each class describes itself (``info``: kind, gradient
   use, budget argument; ``budget_norm(params)``; ``cost(params)``); the registry only reads
   those attributes. Budgets are flow sizes in **pixels**.
 - any attack class of torchattacks as ``torchattacks.<Name>`` (``torchattacks.PGD``,

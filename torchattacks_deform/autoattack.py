@@ -16,10 +16,12 @@ from .engine import attack_batch
 from .es import FlowES
 from .flow import NORMS
 from .pgd import FlowPGD
+from .square import FlowSquare
 from .stadv import StAdv
 from .validation import check_budget, check_choice, check_number
 
-__all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "BUILT_IN", "VERSIONS", "FlowAutoAttack", "version_members", "version_names"]
+__all__ = ["APGD_CE_RUNS", "APGD_T_RUNS", "BUILT_IN", "SQUARE_QUERIES", "VERSIONS", "FlowAutoAttack", "version_members",
+           "version_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +48,19 @@ APGD_CE_RUNS = (10, 10)
 #: ``(target classes, runs per target, steps per run)`` of the standard version's FlowAPGD-T
 #: (chosen on held-out images: ``results/attacks/restarts.md``).
 APGD_T_RUNS = (3, 3, 11)
+#: Model queries per example of the standard version's FlowSquare, the gradient-free check (on
+#: gradient-masked copies of the models, held-out images, it fooled more at 1,000 queries than
+#: FlowES at 2,000: ``results/attacks/masking.md``).
+SQUARE_QUERIES = 1000
 
 
 def version_members(version: str, eps: float, norm: str = "Linf",
                     seed: Optional[int] = 0) -> list[tuple[str, Any, dict[str, Any]]]:
     """The members ``(name, class, constructor kwargs)`` of a :class:`FlowAutoAttack` version.
 
-    ``seed`` seeds the random starts of the FlowAPGD members (their own generator, as
-    AutoAttack seeds APGD; None: the global RNG). The other members draw from the global RNG.
+    ``seed`` seeds the random starts of the FlowAPGD members and FlowSquare's search (their own
+    generators, as AutoAttack seeds APGD and Square; None: the global RNG). The legacy members
+    draw from the global RNG.
 
     ``"standard"`` (AutoAttack's recipe on flows: no step size to tune):
 
@@ -68,19 +75,22 @@ def version_members(version: str, eps: float, norm: str = "Linf",
        three within 8 examples of 3,600 there, ``results/attacks/restarts.md``).
     3. ``StAdv``: 100 Adam steps (``lr = eps / 5``) on the margin plus smoothness, bounded by
        the Linf ``eps`` (a different optimizer and objective; Linf only).
-    4. ``FlowES``: gradient-free NES, population 20, 100 steps (2000 queries; catches gradient
-       masking; Linf only, its budget has no L2 form).
+    4. ``FlowSquare``: the Square Attack's random search on flows (AutoAttack's gradient-free
+       member), 1,000 queries (:data:`SQUARE_QUERIES`; catches gradient masking; Linf only).
+       On gradient-masked copies of the models it fooled more at 1,000 queries than FlowES at
+       2,000 (``results/attacks/masking.md``).
 
     ``"fast"``: the same four, shrunk for smoke runs on CPU: FlowAPGD-CE 2 runs of 10 steps,
-    FlowAPGD-T 1 target class x 10 steps, StAdv 20 steps, FlowES population 10 and 10 steps.
+    FlowAPGD-T 1 target class x 10 steps, StAdv 20 steps, FlowSquare 100 queries.
 
-    ``"legacy"``: the fixed-step members used before FlowAPGD (``FlowPGD-CE``: 50 steps of
-    ``eps / 8``; ``FlowPGD-margin``: the unclamped Carlini-Wagner margin, 50 steps of
-    ``eps / 8``, 3 restarts), then StAdv and FlowES as in ``"standard"``.
+    ``"legacy"``: the members used before FlowAPGD (``FlowPGD-CE``: 50 steps of ``eps / 8``;
+    ``FlowPGD-margin``: the unclamped Carlini-Wagner margin, 50 steps of ``eps / 8``, 3
+    restarts), then StAdv as in ``"standard"`` and ``FlowES`` (gradient-free NES, population
+    20, 100 steps: 2,001 queries).
 
     Example:
         >>> [name for name, _, _ in version_members("standard", 0.5)]
-        ['FlowAPGD-CE', 'FlowAPGD-T', 'StAdv', 'FlowES']
+        ['FlowAPGD-CE', 'FlowAPGD-T', 'StAdv', 'FlowSquare']
         >>> [name for name, _, _ in version_members("fast", 2.0, "L2")]
         ['FlowAPGD-CE', 'FlowAPGD-T']
         >>> [name for name, _, _ in version_members("legacy", 0.5)]
@@ -108,7 +118,10 @@ def version_members(version: str, eps: float, norm: str = "Linf",
         ]
     if norm == "Linf":
         members.append(("StAdv", StAdv, dict(bound=eps, steps=20 if fast else 100, lr=max(eps / 5, 1e-3))))
-        members.append(("FlowES", FlowES, dict(eps=eps, population=10 if fast else 20, steps=10 if fast else 100)))
+        if version == "legacy":
+            members.append(("FlowES", FlowES, dict(eps=eps, population=20, steps=100)))
+        else:
+            members.append(("FlowSquare", FlowSquare, dict(eps=eps, queries=100 if fast else SQUARE_QUERIES, seed=seed)))
     return members
 
 
@@ -140,22 +153,22 @@ class FlowAutoAttack(FlowAttack):
     settings back afterwards.
 
     Convention:
-        ``eps`` is in **pixels**, in ``norm``; StAdv's Linf ``bound`` and FlowES's Linf budget
-        equal ``eps`` (both only in the ``"Linf"`` versions).
+        ``eps`` is in **pixels**, in ``norm``; StAdv's Linf ``bound`` and the Linf budget of the
+        gradient-free check (FlowSquare; legacy: FlowES) equal ``eps`` (only in the ``"Linf"`` versions).
 
     Args:
         model: classifier returning logits.
         eps: flow budget in pixels, finite and ``>= 0``. Default: 0.5.
         norm: ``"Linf"`` (default) or ``"L2"``.
-        version: ``"standard"`` (FlowAPGD-CE, FlowAPGD-T, StAdv, FlowES), ``"fast"``,
+        version: ``"standard"`` (FlowAPGD-CE, FlowAPGD-T, StAdv, FlowSquare), ``"fast"``,
             ``"legacy"`` (the fixed-step FlowPGD members used before FlowAPGD; see
             :func:`version_members`) or ``"custom"``.
         attacks: with ``version="custom"``, the member attacks: :class:`FlowAttack` instances
             on ``model``, in default (untargeted) mode, run in this order.
         padding_mode: how the built-in members' :func:`~torchattacks_deform.warp` reads
             outside the image.
-        seed: seed of the built-in FlowAPGD members' random starts (their own generator;
-            None: the global RNG; see :func:`version_members`). Default: 0.
+        seed: seed of the built-in FlowAPGD members' random starts and FlowSquare's search (their
+            own generators; None: the global RNG; see :func:`version_members`). Default: 0.
 
     Attributes:
         attacks: the member attacks, in cascade order; ``names`` their names.

@@ -144,7 +144,7 @@ def evaluate_robustness(
         eps: budget in pixels, finite and ``>= 0``; or a list/tuple of distinct budgets: then
             the evaluation runs once per budget (with ``attacks`` a version name,
             built at each budget) and a :class:`RobustnessCurve` (``{eps: report}``) comes back.
-        norm: ``"Linf"`` or ``"L2"`` (the ``"L2"`` versions have no StAdv and FlowES).
+        norm: ``"Linf"`` or ``"L2"`` (the ``"L2"`` versions have no StAdv and no gradient-free check).
         attacks: ``"standard"``, ``"fast"`` or ``"legacy"`` (the members of that
             :class:`~torchattacks_deform.FlowAutoAttack` version, built from ``eps`` and
             ``norm``), a list of :class:`~torchattacks_deform.FlowAttack` instances on
@@ -165,7 +165,7 @@ def evaluate_robustness(
             calls with the same seed give the same results; the caller's random state is left
             as it was. With a list of budgets each budget starts from ``seed``. None (default):
             the global generators are used (and advanced), as by any torch code. A version
-            name's FlowAPGD members draw from their own generator, seeded with ``seed`` (None: 0).
+            name's FlowAPGD members and FlowSquare draw from their own generators, seeded with ``seed`` (None: 0).
 
     Returns:
         A :class:`RobustnessReport` (a :class:`RobustnessCurve` for a list of budgets);
@@ -188,7 +188,7 @@ def evaluate_robustness(
           FlowAPGD-CE   ...% (... s)
           FlowAPGD-T    ...% (... s)
           StAdv         ...% (... s)
-          FlowES        ...% (... s)
+          FlowSquare    ...% (... s)
           worst case    ...%
           per class, clean -> worst case %: 0: ... -> ...
         >>> report.worst_case_accuracy <= min(report.robust_accuracy.values()) <= report.clean_accuracy

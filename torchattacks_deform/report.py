@@ -242,7 +242,7 @@ class RobustnessCurve(Mapping[float, RobustnessReport]):
         ([0.25, 1.0], 1.0)
         >>> print(curve)  # doctest: +ELLIPSIS
         Flow robustness: 6 examples, Linf budgets in px, FlowAutoAttack 'fast', attacks run independently
-          eps   clean %  FlowAPGD-CE %  FlowAPGD-T %  StAdv %  FlowES %  worst case %
+          eps   clean %  FlowAPGD-CE %  FlowAPGD-T %  StAdv %  FlowSquare %  worst case %
           0.25  ...
           1     ...
     """

@@ -161,7 +161,7 @@ def test_quick_run_suite_row(quick_results: tuple[dict, Path]) -> None:
                 "robust_disagree", "cascade"):
         assert key in row, key
     assert row["version"] == "fast" and row["batch"] == 8
-    assert row["members"] == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"]
+    assert row["members"] == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowSquare"]
     ratio = row["ratio"]["median"]
     assert isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0
     # The cascade attacks only the examples still robust: it classifies no more images than its parts.

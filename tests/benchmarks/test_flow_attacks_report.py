@@ -268,13 +268,17 @@ def test_the_cost_decomposition_counts_pairs_by_the_difference_in_robust_example
                                                                        30_000 + extra)]
 
     rows = pair("a", 0.5, +1, 1) + pair("b", 0.5, 0, -1) + pair("c", 0.5, -1, -5) + pair("a", 0.25, 0, 7)
-    dec = cost_decomposition(rows, es_queries=1000)
+    dec = cost_decomposition(rows, {"standard": 500, "legacy": 1000})
     assert dec["costlier"] == {0: 1, 1: 1} and dec["cheaper"] == {-1: 1, 0: 1} and dec["excess_at_0"] == 7
-    # 0.5 px: standard 11 + 10 + 9 = 30 robust x 1,000 of 89,995 queries; legacy 30 x 1,000 of 90,000
-    assert dec["es_share"][0.5] == (30_000 / 89_995, 30_000 / 90_000)
+    # 0.5 px: standard 11 + 10 + 9 = 30 robust x 500 of 89,995 queries; legacy 30 x 1,000 of 90,000
+    assert dec["check_share"][0.5] == (15_000 / 89_995, 30_000 / 90_000)
     result = _result(ce=3, pgd=(4, 3), standard=3, legacy=2, queries=(100, 101))  # costlier at d = +1
     text = render(result)
     assert "## What decides the cost clause per pair" in text and "| 0 | 2 at d = +1 | none |" in text
+    assert "the same gradient-free check, FlowES, which spends all its 2,001 model queries" in text  # before "checks"
+    stored = render({**result, "checks": {"standard": ["FlowSquare", 1000], "legacy": ["FlowES", 2001]}})
+    assert "(FlowSquare: 1,000 in standard, FlowES: 2,001 in legacy)" in stored
+    assert "-> StAdv -> FlowSquare (1,000 queries); `legacy`" in stored
     assert "each pair where the standard version cost more is one where it left at least as many" in text
     # a costlier pair with fewer robust examples: the sentence is not said
     result["rows"][-1]["robust"] = 1

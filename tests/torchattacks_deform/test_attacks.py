@@ -303,7 +303,7 @@ class TestSelfDescription:
     def test_suite(self) -> None:
         members = sum(c.cost(kw) for _, c, kw in version_members("standard", 0.5))
         assert FlowAutoAttack.info.kind == "suite" and FlowAutoAttack.cost({}) == pytest.approx(members)
-        assert FlowAutoAttack.cost({"version": "standard"}) == pytest.approx(10 * 10 + 3 * 3 * 11 + 100 + 20 * 100 / 3)
+        assert FlowAutoAttack.cost({"version": "standard"}) == pytest.approx(10 * 10 + 3 * 3 * 11 + 100 + 1000 / 3)
         assert FlowAutoAttack.cost({"version": "legacy"}) == pytest.approx(50 + 150 + 100 + 20 * 100 / 3)
         assert FlowAutoAttack.cost({"norm": "L2"}) == pytest.approx(100 + 3 * 3 * 11)
         assert FlowAutoAttack.budget_norm({"norm": "L2"}) == "L2" and FlowAutoAttack.budget_norm({}) == "Linf"

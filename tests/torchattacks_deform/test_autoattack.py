@@ -51,7 +51,7 @@ class TestFlowAutoAttack:
     def test_smoke_shapes_and_report(self, model: nn.Module, mixed: tuple[Tensor, Tensor]) -> None:
         x, y = mixed
         atk = FlowAutoAttack(model, eps=0.5, version="fast")
-        assert atk.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"] and len(atk.attacks) == 4
+        assert atk.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowSquare"] and len(atk.attacks) == 4
         torch.manual_seed(0)
         adv = atk(x, y)
         assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
@@ -160,33 +160,38 @@ class TestFlowAutoAttack:
 
     def test_versions(self, model: nn.Module) -> None:
         std = FlowAutoAttack(model, eps=0.5)
-        assert std.version == "standard" and std.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES"]
-        a, t, stadv, es = std.attacks
+        assert std.version == "standard" and std.names == ["FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowSquare"]
+        a, t, stadv, square = std.attacks
         # 100 steps per example as 10 runs of 10 (results/attacks/restarts.md)
         assert (type(a).__name__, a.loss, a.steps, a.restarts, a.eps) == ("FlowAPGD", "ce", 10, 10, 0.5)
         assert (type(t).__name__, t.n_target_classes, t.restarts, t.steps, t.eps) == ("FlowAPGDT", 3, 3, 11, 0.5)
-        assert stadv.bound == 0.5 and stadv.steps == 100 and (es.population, es.steps, es.eps) == (20, 100, 0.5)
+        assert stadv.bound == 0.5 and stadv.steps == 100 and (type(square).__name__, square.queries, square.eps) == (
+            "FlowSquare", 1000, 0.5)  # results/attacks/masking.md
         legacy = FlowAutoAttack(model, eps=0.5, version="legacy")
         assert legacy.names == ["FlowPGD-CE", "FlowPGD-margin", "StAdv", "FlowES"]
+        es = legacy.attacks[3]
+        assert (es.population, es.steps, es.eps) == (20, 100, 0.5) and legacy.attacks[2].steps == 100
         pgd_ce, pgd_m = legacy.attacks[0], legacy.attacks[1]
         assert (pgd_ce.loss, pgd_ce.steps, pgd_ce.alpha, pgd_ce.restarts) == ("ce", 50, 0.5 / 8, 1)
         assert (pgd_m.loss, pgd_m.restarts, pgd_m.steps, pgd_m.eps) == ("margin", 3, 50, 0.5)
         fast = FlowAutoAttack(model, eps=0.5, version="fast")
         assert [(m.steps, getattr(m, "restarts", None)) for m in fast.attacks[:2]] == [(10, 2), (10, 1)]
-        assert fast.attacks[1].n_target_classes == 1
+        assert fast.attacks[1].n_target_classes == 1 and fast.attacks[3].queries == 100
         l2 = FlowAutoAttack(model, eps=2.0, norm="L2", version="fast")
         assert l2.names == ["FlowAPGD-CE", "FlowAPGD-T"] and all(a.norm == "L2" for a in l2.attacks)
         assert [n for n, _, _ in version_members("fast", 1.0)] == std.names
         with pytest.raises(ValueError, match=r"^version: expected one of \('standard', 'fast', 'legacy', 'custom'\)"):
             FlowAutoAttack(model, version="apgd")
 
-    def test_seed_reaches_the_flowapgd_members(self, model: nn.Module) -> None:
+    def test_seed_reaches_the_flowapgd_members_and_flowsquare(self, model: nn.Module) -> None:
+        seeded = [0, 1, 3]  # FlowAPGD-CE, FlowAPGD-T and FlowSquare (StAdv has no randomness)
         for version in ("standard", "fast"):
-            assert [m.seed for m in FlowAutoAttack(model, version=version).attacks[:2]] == [0, 0]  # AutoAttack's
-            assert [m.seed for m in FlowAutoAttack(model, version=version, seed=7).attacks[:2]] == [7, 7]
-            assert [kw["seed"] for _, _, kw in version_members(version, 0.5, seed=None)[:2]] == [None, None]
-            assert [m.seed for m in _build(model, version, 0.5, "Linf", True, 3)[1][:2]] == [3, 3]
-            assert [m.seed for m in _build(model, version, 0.5, "Linf", True, None)[1][:2]] == [0, 0]
+            pick = lambda members: [members[i] for i in seeded]  # noqa: E731
+            assert [m.seed for m in pick(FlowAutoAttack(model, version=version).attacks)] == [0, 0, 0]  # AutoAttack's
+            assert [m.seed for m in pick(FlowAutoAttack(model, version=version, seed=7).attacks)] == [7, 7, 7]
+            assert [kw["seed"] for _, _, kw in pick(version_members(version, 0.5, seed=None))] == [None] * 3
+            assert [m.seed for m in pick(_build(model, version, 0.5, "Linf", True, 3)[1])] == [3, 3, 3]
+            assert [m.seed for m in pick(_build(model, version, 0.5, "Linf", True, None)[1])] == [0, 0, 0]
         with pytest.raises(ValueError, match=r"^seed: expected"):
             FlowAutoAttack(model, seed=-1)
 

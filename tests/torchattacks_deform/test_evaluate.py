@@ -55,11 +55,11 @@ def test_three_lines(model: nn.Module, data: tuple[Tensor, Tensor], capsys: pyte
     lines = out.strip().splitlines()
     assert lines[0] == "Flow robustness: 24 examples, Linf eps = 0.5 px, FlowAutoAttack 'fast', attacks run independently"
     assert report.suite == "fast" and report.to_dict()["suite"] == "fast"
-    assert [ln.split()[0] for ln in lines[1:-1]] == ["clean", "FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowES", "worst"]
+    assert [ln.split()[0] for ln in lines[1:-1]] == ["clean", "FlowAPGD-CE", "FlowAPGD-T", "StAdv", "FlowSquare", "worst"]
     assert f"{100 * report.clean_accuracy:5.1f}%" in lines[1] and f"{100 * report.worst_case_accuracy:5.1f}%" in lines[-2]
     assert lines[-1].startswith("  per class, clean -> worst case %: 0: ")  # the compact per-class line
     assert isinstance(report, RobustnessReport) and report.n == 24 and report.clean_accuracy <= 21 / 24
-    assert set(report.queries) == set(report.robust_accuracy) and report.queries["FlowES"] > 1
+    assert set(report.queries) == set(report.robust_accuracy) and report.queries["FlowSquare"] > 1
 
 
 def test_report_is_consistent(model: nn.Module, data: tuple[Tensor, Tensor]) -> None:
