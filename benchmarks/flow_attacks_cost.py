@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["LEGACY_CHECK_QUERIES", "check_queries", "cost_decomposition", "cost_lines"]
+__all__ = ["LEGACY", "LEGACY_CHECK_QUERIES", "STANDARD", "check_queries", "cost_decomposition", "cost_lines"]
 
+#: The two suites' row names in the comparison's results.
 LEGACY, STANDARD = "FlowAutoAttack legacy", "FlowAutoAttack standard"
 #: The checks' budgets of results made before they were stored (both versions ended with FlowES, 2,001 queries).
 LEGACY_CHECK_QUERIES = {"standard": 2001, "legacy": 2001}

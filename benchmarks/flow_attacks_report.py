@@ -39,13 +39,12 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .flow_attacks_cost import cost_lines
+from .flow_attacks_cost import LEGACY, LEGACY_CHECK_QUERIES, STANDARD, cost_lines
 
 __all__ = ["attacks_plot", "checks", "noise_floor", "other_weights", "render"]
 
 BEST = "FlowPGD-CE, best step"
 BEST8 = "FlowPGD-CE, best of 8"
-LEGACY, STANDARD = "FlowAutoAttack legacy", "FlowAutoAttack standard"
 
 Cell = Mapping[tuple[str, float, str], Mapping[str, Any]]
 
@@ -134,8 +133,8 @@ def _resumed(result: Mapping[str, Any]) -> str:
 
 
 def _check(result: Mapping[str, Any], version: str) -> str:
-    """The gradient-free check that ends ``version`` in ``result`` (FlowES, 2,001 queries, before it was stored)."""
-    name, queries = (result.get("checks") or {}).get(version, ["FlowES", 2001])
+    """The gradient-free check that ends ``version`` in ``result`` (:data:`LEGACY_CHECK_QUERIES` before it was stored)."""
+    name, queries = (result.get("checks") or {}).get(version, ["FlowES", LEGACY_CHECK_QUERIES[version]])
     return f"{name} ({int(queries):,} queries)"
 
 

@@ -48,6 +48,7 @@ from torchattacks_deform.autoattack import version_members
 
 from . import flow_attacks, partial
 from .flow_attacks import BUDGETS, HELD_OUT
+from .flow_attacks_cost import check_queries
 
 __all__ = ["CUTS", "InputQuantized", "main", "query_cuts", "render", "run"]
 
@@ -131,7 +132,7 @@ def _run(out: Path, budgets: Sequence[float], images: Sequence[int], device: str
             if member == "FlowES":
                 cuts = query_cuts(int(kwargs["population"]), int(kwargs["steps"]))
                 row["es_within"] = {str(c): int((fooled & (atk.last_queries <= c)).sum()) for c in cuts}
-                row["es_queries"] = 1 + int(kwargs["population"]) * int(kwargs["steps"])
+                row["es_queries"] = check_queries("legacy", eps)[1]
         rows.append(row)
         logger.debug("%s", row)
         done[pair] = [row]

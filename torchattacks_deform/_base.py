@@ -37,6 +37,7 @@ __all__ = [
     "SPACES",
     "check_model_dtype",
     "margin_loss",
+    "seeded_generator",
 ]
 
 #: The categories of :class:`AttackInfo`: the paper's four, suites of attacks, and "custom" for
@@ -76,6 +77,11 @@ class AttackInfo:
         if not isinstance(self.budget_arg, str) or not self.budget_arg.isidentifier():
             raise ValueError(f"budget_arg: expected an argument name, got {self.budget_arg!r}")
         check_choice(self.space, "space", SPACES)
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """An attack's own generator on ``device`` seeded with ``seed`` (None: draw from the global RNG)."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def check_model_dtype(model: nn.Module, images: Tensor, autocast_dtype: torch.dtype | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ._base import AttackInfo, FlowAttack
+from ._base import AttackInfo, FlowAttack, seeded_generator
 from .flow import NORMS, project_flow
 from .losses import attack_loss, dlr_loss
 from .pgd import ascent_direction
@@ -265,10 +265,7 @@ class FlowAPGD(FlowAttack):
                 runs: int, queries: Tensor) -> tuple[Tensor, Tensor]:
         """``runs`` APGD runs, each on the examples not yet fooled: ``(best flow, fooled)`` per example."""
         b, _, h, w = images.shape
-        gen = None
-        if self.seed is not None:
-            gen = torch.Generator(device=images.device)
-            gen.manual_seed(self.seed)
+        gen = seeded_generator(self.seed, images.device)
         best_flow = images.new_zeros(b, 2, h, w)
         best_loss = images.new_full((b,), -math.inf)
         done = torch.zeros(b, dtype=torch.bool, device=images.device)

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ._base import AttackInfo, FlowAttack
+from ._base import AttackInfo, FlowAttack, seeded_generator
 from .losses import margin_loss
 from .validation import check_budget, check_number
 
@@ -136,10 +136,7 @@ class FlowSquare(FlowAttack):
     @torch.no_grad()
     def find_flow(self, images: Tensor, labels: Tensor) -> Tensor:
         b, _, h, w = images.shape
-        gen = None
-        if self.seed is not None:
-            gen = torch.Generator(device=images.device)
-            gen.manual_seed(self.seed)
+        gen = seeded_generator(self.seed, images.device)
         _, done = self._margin(images, images.new_zeros(b, 2, h, w), labels)
         queries = torch.ones(b, dtype=torch.long, device=images.device)
         flow = self._sign((b, 2, 1, w), images, gen).expand(b, 2, h, w).clone()
